@@ -1,0 +1,88 @@
+// CUDA helpers shared by the kernels of every operation (compiled by nvcc only).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "fastpose/common.hpp"
+
+namespace fastpose {
+namespace cuda {
+
+[[noreturn]] inline void throw_cuda(cudaError_t err, const char* expr, const char* file, int line) {
+  throw Error(std::string("CUDA error '") + cudaGetErrorString(err) + "' in " + expr + " at " + file + ":" +
+              std::to_string(line));
+}
+
+}  // namespace cuda
+}  // namespace fastpose
+
+/// Check a CUDA runtime call; throws fastpose::Error on failure.
+#define FP_CUDA_CHECK(expr)                                                                   \
+  do {                                                                                        \
+    cudaError_t fp_err_ = (expr);                                                             \
+    if (fp_err_ != cudaSuccess) ::fastpose::cuda::throw_cuda(fp_err_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+/// Call after every kernel launch.
+#define FP_CUDA_LAUNCH_CHECK() FP_CUDA_CHECK(cudaGetLastError())
+
+namespace fastpose {
+namespace cuda {
+
+inline cudaStream_t stream_of(const Exec& ex) { return static_cast<cudaStream_t>(ex.stream); }
+
+/// Number of blocks of `threads` threads covering n items (at least 1; callers return early on n == 0).
+inline unsigned int blocks_for(int64_t n, int threads) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > 0x7fffffff) b = 0x7fffffff;
+  return static_cast<unsigned int>(b);
+}
+
+/// Stream-ordered scratch buffer (cudaMallocAsync / cudaFreeAsync on the call's stream).
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(int64_t n, cudaStream_t stream) : n_(n), stream_(stream) {
+    if (n > 0) FP_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ptr_), sizeof(T) * size_t(n), stream));
+  }
+  ~DeviceBuffer() {
+    if (ptr_) cudaFreeAsync(ptr_, stream_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), n_(o.n_), stream_(o.stream_) { o.ptr_ = nullptr; o.n_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      if (ptr_) cudaFreeAsync(ptr_, stream_);
+      ptr_ = o.ptr_; n_ = o.n_; stream_ = o.stream_;
+      o.ptr_ = nullptr; o.n_ = 0;
+    }
+    return *this;
+  }
+  T* get() const { return ptr_; }
+  int64_t size() const { return n_; }
+  void zero() {
+    if (n_ > 0) FP_CUDA_CHECK(cudaMemsetAsync(ptr_, 0, sizeof(T) * size_t(n_), stream_));
+  }
+
+ private:
+  T* ptr_ = nullptr;
+  int64_t n_ = 0;
+  cudaStream_t stream_ = nullptr;
+};
+
+/// Copy n items device -> host and wait for them (used only for small metadata such as counts).
+template <typename T>
+inline void copy_to_host_sync(T* host, const T* dev, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  FP_CUDA_CHECK(cudaMemcpyAsync(host, dev, sizeof(T) * size_t(n), cudaMemcpyDeviceToHost, stream));
+  FP_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+}  // namespace cuda
+}  // namespace fastpose

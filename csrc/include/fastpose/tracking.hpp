@@ -1,0 +1,26 @@
+// Euler tracking of pixels along the flows (Cellpose, Methods "Mask recovery from vector flows").
+#pragma once
+
+#include <cstdint>
+
+#include "fastpose/common.hpp"
+
+namespace fastpose {
+
+/// Follow the flows from every foreground pixel.
+///
+/// Each pixel p where mask[p] != 0 starts at its own integer coordinates and takes `niter` Euler steps
+/// pos += interp(dP, pos) / 5 with bilinear (trilinear in 3D) interpolation in pixel coordinates (pixel
+/// centres at integers), where the flow of a pixel with mask == 0 counts as 0; after every step each
+/// coordinate is clamped to [0, extent - 1].
+///
+/// Args:
+///   dP:        [ndim, Z, Y, X] float32 flows (network scale, i.e. 5x unit vectors).
+///   mask:      [Z, Y, X] uint8, non-zero where pixels are tracked.
+///   niter:     number of Euler steps (>= 0).
+///   positions: [ndim, Z, Y, X] float32 output: final coordinates of tracked pixels; untracked pixels hold
+///              their own coordinates.
+void follow_flows(const float* dP, const uint8_t* mask, const Shape& shape, int niter, float* positions,
+                  const Exec& ex);
+
+}  // namespace fastpose

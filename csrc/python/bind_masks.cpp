@@ -1,0 +1,5 @@
+#include "python/bindings.h"
+
+namespace fastpose {
+void bind_masks(py::module_& m) { (void)m; }
+}  // namespace fastpose

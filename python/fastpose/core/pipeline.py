@@ -1,0 +1,6 @@
+"""Placeholder until this operation is implemented."""
+
+
+def compute_masks(*args, **kwargs):
+    raise NotImplementedError('compute_masks')
+

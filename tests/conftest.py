@@ -1,0 +1,62 @@
+"""Shared fixtures: device parametrisation and synthetic label images.
+
+GPU cases are skipped when no CUDA GPU is usable, unless FASTPOSE_REQUIRE_CUDA=1, in which case they
+must run (and fail if the GPU path is missing).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fastpose.core as fc
+from fastpose.synthetic import random_labels
+
+REQUIRE_CUDA = os.environ.get("FASTPOSE_REQUIRE_CUDA", "") == "1"
+
+
+def _cuda_ok() -> bool:
+    return fc.cuda_available()
+
+
+def pytest_configure(config):
+    if REQUIRE_CUDA and not _cuda_ok():
+        raise pytest.UsageError("FASTPOSE_REQUIRE_CUDA=1 but no usable CUDA GPU / CUDA build of fastpose")
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda_ok():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU (set FASTPOSE_REQUIRE_CUDA=1 to make this an error)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """'cpu' or 'cuda': run the enclosed operations on that backend."""
+    with fc.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(scope="session")
+def labels2d() -> np.ndarray:
+    """256x256 label image with ~60 touching and isolated cells of diameter ~24."""
+    return random_labels((256, 256), 70, diameter=24, seed=1)
+
+
+@pytest.fixture(scope="session")
+def labels3d() -> np.ndarray:
+    """48x64x64 label volume with ~25 cells of diameter ~16."""
+    return random_labels((48, 64, 64), 30, diameter=16, seed=2)
+
+
+def cellprob_from_labels(labels: np.ndarray) -> np.ndarray:
+    """Logit-like cell probability: +5 inside masks, -5 outside."""
+    return np.where(labels > 0, 5.0, -5.0).astype(np.float32)
