@@ -1,0 +1,56 @@
+// Host wrapper of the mask-recovery chain: threshold -> follow_flows -> get_masks -> flow QC -> clean-up.
+// Every step runs on ex.device; intermediates stay there (no host round trip).
+#include "fastpose/pipeline.hpp"
+
+#include <cmath>
+#include <string>
+
+#include "common/parallel.h"
+#include "common/scratch.h"
+#include "fastpose/clustering.hpp"
+#include "fastpose/flows.hpp"
+#include "fastpose/masks.hpp"
+#include "fastpose/tracking.hpp"
+#include "pipeline/pipeline_backends.h"
+
+namespace fastpose {
+
+void threshold_mask(const float* prob, int64_t n, float threshold, uint8_t* mask, const Exec& ex) {
+  if (n < 0) throw ArgumentError("threshold_mask: negative length");
+  if (n == 0) return;
+  if (!prob || !mask) throw ArgumentError("threshold_mask: null pointer");
+  if (ex.device == Device::CPU) return cpu::threshold_mask(prob, n, threshold, mask, ex);
+#ifdef FASTPOSE_WITH_CUDA
+  return cuda_impl::threshold_mask(prob, n, threshold, mask, ex);
+#else
+  FP_NO_CUDA_BUILD("threshold_mask");
+#endif
+}
+
+int64_t compute_masks(const float* dP, const float* cellprob, const Shape& shape, int32_t* labels,
+                      const MaskParams& params, const Exec& ex, float* positions) {
+  check_shape(shape, "compute_masks");
+  const int64_t n = shape.numel();
+  if (n == 0) return 0;
+  if (!dP || !cellprob || !labels) throw ArgumentError("compute_masks: null pointer");
+  if (params.niter < 0) throw ArgumentError("compute_masks: niter must be >= 0");
+  if (!(params.max_size_fraction >= 0.0)) throw ArgumentError("compute_masks: max_size_fraction must be >= 0");
+  if (std::isnan(params.flow_threshold)) throw ArgumentError("compute_masks: flow_threshold is NaN");
+  if (std::isnan(params.cellprob_threshold)) throw ArgumentError("compute_masks: cellprob_threshold is NaN");
+
+  Scratch<uint8_t> mask(n, ex, /*zero=*/false);
+  threshold_mask(cellprob, n, params.cellprob_threshold, mask.get(), ex);
+
+  Scratch<float> pos_scratch(positions ? 0 : shape.ndim * n, ex, /*zero=*/false);
+  float* pos = positions ? positions : pos_scratch.get();
+  follow_flows(dP, mask.get(), shape, params.niter, pos, ex);
+
+  int64_t count = get_masks(pos, mask.get(), shape, labels, params.max_size_fraction, ex);
+  if (count == 0) return 0;
+
+  const bool qc = params.flow_threshold > 0.0f && (shape.ndim == 2 || params.flow_qc_3d);
+  if (qc) remove_bad_flow_masks(labels, shape, dP, count, params.flow_threshold, ex);
+  return fill_holes_and_remove_small_masks(labels, shape, params.min_size, ex);
+}
+
+}  // namespace fastpose
