@@ -1,0 +1,260 @@
+"""``fastpose-bench``: time fastpose's operations (and Cellpose's, side by side, when importable).
+
+Examples::
+
+    fastpose-bench core                       # 2048x2048, ~4700 cells of diameter 30, CPU (+ GPU if present)
+    fastpose-bench core --size 1024 --cells 1200 --device cpu --json out.json
+    fastpose-bench core --3d                  # adds a 3D case (96x256x256)
+
+Every figure is the median of ``--repeats`` runs after one warm-up run; GPU timings synchronise the
+device.  Peak memory is the growth of the process's peak resident set (Linux) during the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+log = logging.getLogger("fastpose.bench")
+
+
+@dataclass
+class Timing:
+    name: str
+    device: str
+    median_s: float
+    min_s: float
+    max_s: float
+    peak_mem_mb: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def _rss_mb() -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def time_call(name: str, device: str, fn: Callable[[], Any], repeats: int = 3, sync: Optional[Callable[[], None]] = None,
+              warmup: int = 1) -> Timing:
+    """Median/min/max wall time of ``fn`` after ``warmup`` runs; peak RSS growth of one run (CPU)."""
+    for _ in range(warmup):
+        fn()
+        if sync:
+            sync()
+    times: List[float] = []
+    peak = None
+    for i in range(repeats):
+        measure_mem = i == 0 and _reset_peak_rss()
+        base = _rss_mb() if measure_mem else None
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+        if measure_mem and base is not None:
+            hw = _peak_rss_mb()
+            peak = None if hw is None else max(0.0, hw - base)
+    return Timing(name, device, statistics.median(times), min(times), max(times), peak)
+
+
+def machine_header() -> Dict[str, Any]:
+    import fastpose
+    import fastpose.core as fc
+    info: Dict[str, Any] = {
+        "fastpose": fastpose.__version__, "python": platform.python_version(), "numpy": np.__version__,
+        "cpu": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
+        "cuda_compiled": fc.cuda_compiled(), "cuda_available": fc.cuda_available(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        if fc.cuda_available():
+            info["gpu"] = torch.cuda.get_device_name()
+            info["cuda_runtime"] = torch.version.cuda
+    except ImportError:
+        pass
+    try:
+        import cellpose  # noqa: F401
+        from importlib.metadata import version
+        info["cellpose"] = version("cellpose")
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def _core_cases(size: int, cells: int, diameter: float, do3d: bool):
+    from .synthetic import random_labels
+    cases = [("2d", random_labels((size, size), cells, diameter=diameter, seed=0))]
+    if do3d:
+        cases.append(("3d", random_labels((96, 256, 256), 600, diameter=24, seed=0)))
+    return cases
+
+
+def bench_core(size: int = 2048, cells: int = 4700, diameter: float = 30.0, repeats: int = 3,
+               devices: Optional[List[str]] = None, cellpose: bool = True, do3d: bool = False) -> Dict[str, Any]:
+    """Time every core operation on synthetic label images; Cellpose's functions too when importable."""
+    import fastpose.core as fc
+
+    if devices is None:
+        devices = ["cpu"] + (["cuda"] if fc.cuda_available() else [])
+    results: List[Timing] = []
+    inputs: Dict[str, Any] = {}
+    for case, labels in _core_cases(size, cells, diameter, do3d):
+        nd = labels.ndim
+        dP = 5.0 * fc.masks_to_flows(labels)
+        rng = np.random.default_rng(0)
+        dP_noisy = (dP + rng.normal(0, 0.2, dP.shape)).astype(np.float32)
+        prob = np.where(labels > 0, 4.0, -4.0).astype(np.float32)
+        mask = prob > 0
+        inputs[case] = {"shape": list(labels.shape), "cells": int(labels.max()),
+                        "foreground_pixels": int(mask.sum())}
+        log.info("case %s: shape %s, %d cells", case, labels.shape, labels.max())
+        for dev in devices:
+            if dev == "cuda":
+                import torch
+                sync = torch.cuda.synchronize
+                to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).cuda()  # noqa: E731
+            else:
+                sync = None
+                to = lambda a: a  # noqa: E731
+            L, D, P, M = to(labels), to(dP_noisy), to(prob), to(mask.astype(np.uint8))
+            with fc.use_backend(dev):
+                pos = fc.follow_flows(D, M)
+                lab = fc.get_masks(pos, M)
+                tag = f"{case}"
+                results.append(time_call(f"masks_to_flows[{tag}]", dev, lambda: fc.masks_to_flows(L), repeats, sync))
+                results.append(time_call(f"follow_flows[{tag}]", dev, lambda: fc.follow_flows(D, M), repeats, sync))
+                results.append(time_call(f"get_masks[{tag}]", dev, lambda: fc.get_masks(pos, M), repeats, sync))
+                results.append(time_call(f"flow_errors[{tag}]", dev, lambda: fc.flow_errors(lab, D), repeats, sync))
+                results.append(time_call(f"fill_holes[{tag}]", dev,
+                                         lambda: fc.fill_holes_and_remove_small_masks(lab), repeats, sync))
+                qc = nd == 2
+                results.append(time_call(f"compute_masks[{tag}]", dev,
+                                         lambda: fc.compute_masks(D, P, flow_qc_3d=qc), repeats, sync))
+        if cellpose:
+            results += _bench_cellpose(case, labels, dP_noisy, prob, repeats)
+    return {"machine": machine_header(), "inputs": inputs, "timings": [asdict(t) for t in results],
+            "ratios": _ratios(results)}
+
+
+def _bench_cellpose(case: str, labels: np.ndarray, dP: np.ndarray, prob: np.ndarray, repeats: int) -> List[Timing]:
+    try:
+        import torch
+        from cellpose import dynamics
+    except Exception:  # noqa: BLE001 - cellpose missing or broken: nothing to compare with
+        log.info("cellpose not importable: skipping the side-by-side comparison")
+        return []
+    out: List[Timing] = []
+    devs = [("cpu", torch.device("cpu"), None)]
+    if torch.cuda.is_available():
+        devs.append(("cuda", torch.device("cuda"), torch.cuda.synchronize))
+    for name, tdev, sync in devs:
+        r = 1 if name == "cpu" else repeats
+        w = 0 if name == "cpu" else 1
+        out.append(time_call(f"cellpose.masks_to_flows[{case}]", name,
+                             lambda: dynamics.masks_to_flows(labels, device=tdev), r, sync, warmup=w))
+        qc = 0.4 if labels.ndim == 2 else 0.0
+        out.append(time_call(f"cellpose.compute_masks[{case}]", name,
+                             lambda: dynamics.compute_masks(dP, prob, flow_threshold=qc, device=tdev,
+                                                            do_3D=labels.ndim == 3), r, sync, warmup=w))
+    return out
+
+
+def _ratios(results: List[Timing]) -> Dict[str, float]:
+    by = {(t.name, t.device): t.median_s for t in results}
+    ratios = {}
+    for (name, dev), s in by.items():
+        if name.startswith("cellpose."):
+            ours = by.get((name[len("cellpose."):], dev))
+            if ours:
+                ratios[f"{name[len('cellpose.'):]}@{dev}"] = s / ours
+    return ratios
+
+
+def _print_table(res: Dict[str, Any]) -> None:
+    m = res["machine"]
+    print("# " + ", ".join(f"{k}={v}" for k, v in m.items()))
+    for case, info in res["inputs"].items():
+        print(f"# input {case}: {info}")
+    print(f"{'operation':40s} {'device':6s} {'median ms':>10s} {'min ms':>9s} {'max ms':>9s} {'peak MB':>8s}")
+    for t in res["timings"]:
+        pm = "" if t["peak_mem_mb"] is None or t["device"] != "cpu" else f"{t['peak_mem_mb']:.0f}"
+        print(f"{t['name']:40s} {t['device']:6s} {1e3 * t['median_s']:10.1f} {1e3 * t['min_s']:9.1f} "
+              f"{1e3 * t['max_s']:9.1f} {pm:>8s}")
+    for k, v in res["ratios"].items():
+        print(f"speed-up vs cellpose {k}: {v:.1f}x")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="fastpose-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("core", help="time the native core operations (flows, tracking, clustering, QC, clean-up)")
+    c.add_argument("--size", type=int, default=2048, help="image side in pixels (default 2048)")
+    c.add_argument("--cells", type=int, default=4700, help="number of cells (default 4700)")
+    c.add_argument("--diameter", type=float, default=30.0, help="mean cell diameter in pixels (default 30)")
+    c.add_argument("--repeats", type=int, default=3, help="timed runs per operation after a warm-up (default 3)")
+    c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CPU and, when present, the GPU")
+    c.add_argument("--3d", dest="do3d", action="store_true", help="also time a 3D volume (96x256x256)")
+    c.add_argument("--no-cellpose", action="store_true", help="skip the side-by-side Cellpose timings")
+    c.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    devices = None if args.device == "auto" else [args.device]
+    res = bench_core(args.size, args.cells, args.diameter, args.repeats, devices, not args.no_cellpose, args.do3d)
+    _print_table(res)
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(res, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
