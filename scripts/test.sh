@@ -4,9 +4,6 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k flows`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q ".[test]"
+bash scripts/setup.sh test
 cd tests  # run against the installed package, not the source tree
 exec ../.venv/bin/python -m pytest -q -p no:cacheprovider "$@" .

@@ -1,9 +1,10 @@
 """The ``fastpose`` command line.
 
 Subcommands:
-  info   what this installation can do (version, backend, CUDA, where the C++ package lives)
-  demo   run the native core on the bundled sample: flow targets from its masks -> compute_masks ->
-         write ``*_masks.tif`` and report how well the masks came back
+  segment  segment images (files, folders, globs) with a model; write masks and other outputs to --out
+  info     what this installation can do (version, backend, CUDA, where the C++ package lives)
+  demo     run the native core on the bundled sample: flow targets from its masks -> compute_masks ->
+           write ``*_masks.tif`` and report how well the masks came back
 """
 
 from __future__ import annotations
@@ -56,6 +57,96 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".tif", ".tiff", ".npy")
+OUTPUT_MARKERS = ("_masks", "_flows", "_seg", "_outlines", "_cp_masks")
+
+
+def find_inputs(inputs: List[str], recursive: bool) -> List[Path]:
+    """Expand files, folders and glob patterns into a sorted, de-duplicated list of image files.
+
+    Files that look like fastpose/Cellpose outputs (``*_masks.tif``, ``*_seg.npy``...) are skipped when
+    they come from a folder or glob; a file named explicitly is always taken.
+    """
+    import glob
+
+    found: List[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file():
+            found.append(p)
+            continue
+        if p.is_dir():
+            it = p.rglob("*") if recursive else p.glob("*")
+            cands = [q for q in it if q.is_file()]
+        else:
+            cands = [Path(q) for q in glob.glob(item, recursive=recursive) if Path(q).is_file()]
+            if not cands:
+                raise FileNotFoundError(f"{item}: no such file, folder or matching files")
+        for q in cands:
+            if q.suffix.lower() in IMAGE_SUFFIXES and not any(q.stem.endswith(m) for m in OUTPUT_MARKERS):
+                found.append(q)
+    seen, out = set(), []
+    for q in sorted(found):
+        r = q.resolve()
+        if r not in seen:
+            seen.add(r)
+            out.append(q)
+    return out
+
+
+def _stem(p: Path) -> str:
+    s = p.name
+    for suf in (".tiff", ".tif", ".npy"):
+        if s.lower().endswith(suf):
+            s = s[: -len(suf)]
+            break
+    return s[: -len("_img")] if s.endswith("_img") else s
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .io import read_image
+    from .outputs import write_outputs
+    from .segment import Segmenter
+
+    kinds = [k.strip() for k in args.save.split(",") if k.strip()]
+    files = find_inputs(args.inputs, args.recursive)
+    if not files:
+        log.error("no input images found in %s", " ".join(args.inputs))
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seg = Segmenter(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    log.info("%d image(s); model %s on %s (core: %s)", len(files), args.model, seg.device, seg.core_device)
+    kw = dict(channel_axis=args.channel_axis, z_axis=args.z_axis, channels=args.channels,
+              diameter=None if args.diameter is None else args.diameter, do_3D=args.do_3d,
+              anisotropy=args.anisotropy, stitch_threshold=args.stitch_threshold, augment=args.augment,
+              flow_threshold=args.flow_threshold, cellprob_threshold=args.cellprob_threshold,
+              min_size=args.min_size, niter=args.niter, normalize=not args.no_norm, invert=args.invert,
+              return_flows="seg_npy" in kinds)
+    done = skipped = 0
+    failed: List[str] = []
+    for f in tqdm(files, desc="segment", unit="img", disable=args.quiet or None):
+        stem = _stem(f)
+        if args.skip_existing and (out / f"{stem}_masks.tif").exists():
+            skipped += 1
+            continue
+        try:
+            img = read_image(f)
+            res = seg.segment(img, **kw)
+            write_outputs(out, stem, kinds, img, res.masks, str(f), res.flows, res.cellprob, res.diameter)
+            done += 1
+            log.debug("%s: %d masks", f, int(res.masks.max()))
+        except (ValueError, OSError, RuntimeError) as e:
+            failed.append(str(f))
+            log.error("%s: %s", f, e)
+    log.info("segmented %d, skipped %d (existing), failed %d", done, skipped, len(failed))
+    for f in failed:
+        log.info("failed: %s", f)
+    return 1 if failed else 0
+
+
 def _matched(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> int:
     a = a.ravel().astype(np.int64)
     b = b.ravel().astype(np.int64)
@@ -72,6 +163,46 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    s = sub.add_parser("segment", help="segment images with a model",
+                       description="Segment images (TIFF or .npy files, folders, glob patterns) and write the "
+                                   "chosen outputs to --out, never next to the inputs. One unreadable file is "
+                                   "reported and skipped; the exit status is 1 when any file failed.")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    s.add_argument("--out", required=True, help="output folder (created if missing)")
+    s.add_argument("--model", default="nuclei",
+                   help="bundled model name or model file (fastpose or Cellpose checkpoint); default: nuclei")
+    s.add_argument("--diameter", type=float, default=0.0,
+                   help="typical cell diameter in pixels; 0 (default) = no resizing")
+    s.add_argument("--estimate-diameter", dest="diameter", action="store_const", const=None,
+                   help="estimate the diameter with the model's size model")
+    s.add_argument("--channels", type=int, nargs="+", default=None, metavar="C",
+                   help="0-based input channels fed to the network, in order (default: the first ones)")
+    s.add_argument("--channel-axis", type=int, default=None, help="axis of the channels (default: none)")
+    s.add_argument("--z-axis", type=int, default=None, help="axis of Z for volumes (default: none)")
+    s.add_argument("--do-3d", action="store_true", help="3D segmentation (needs --z-axis)")
+    s.add_argument("--anisotropy", type=float, default=None, help="Z step relative to the XY pixel size")
+    s.add_argument("--stitch-threshold", type=float, default=0.0,
+                   help="> 0: segment planes in 2D and link them across Z by IoU")
+    s.add_argument("--augment", action="store_true", help="flip test-time augmentation (50%% tile overlap)")
+    s.add_argument("--flow-threshold", type=float, default=0.4, help="flow-error QC threshold (0 = off)")
+    s.add_argument("--cellprob-threshold", type=float, default=0.0, help="cell-probability logit threshold")
+    s.add_argument("--min-size", type=int, default=15, help="smallest mask kept, pixels (default 15)")
+    s.add_argument("--niter", type=int, default=None, help="Euler steps (default 200 at the model scale)")
+    s.add_argument("--no-norm", action="store_true", help="skip 1st/99th percentile normalisation")
+    s.add_argument("--invert", action="store_true", help="invert intensities after normalisation")
+    s.add_argument("--batch-size", type=int, default=8, help="tiles per network batch (default 8)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto (default): the GPU when one is usable")
+    s.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   help="network precision (auto: fp16 on GPU, fp32 on CPU)")
+    s.add_argument("--save", default="masks",
+                   help="comma-separated outputs: masks, outlines_png, outlines_txt, rois, seg_npy, csv "
+                        "(default: masks)")
+    s.add_argument("--recursive", action="store_true", help="search folders recursively")
+    s.add_argument("--skip-existing", action="store_true",
+                   help="skip images whose *_masks.tif already exists in --out (resume)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_segment)
     s = sub.add_parser("info", help="show version, backend and CUDA support")
     s.set_defaults(func=_cmd_info)
     s = sub.add_parser("demo", help="run the native core on the bundled sample image's masks",

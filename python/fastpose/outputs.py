@@ -1,0 +1,256 @@
+"""Output files of a segmentation, each written atomically (temp file in the same folder, then rename):
+
+* ``*_masks.tif``      labels, zlib-compressed TIFF, uint16 (uint32 beyond 65535 masks)
+* ``*_outlines.png``   the image with mask outlines drawn over it, for a quick look
+* ``*_outlines.txt``   ImageJ outlines text (one polygon per line: x0,y0,x1,y1,...; Cellpose's format)
+* ``*_rois.zip``       ImageJ ROI set (polygon ROIs, via ``roifile``)
+* ``*_seg.npy``        Cellpose-GUI-compatible dictionary
+* ``*_cells.csv``      per-cell table with scikit-image ``regionprops_table`` column names
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .io import write_tiff_atomic
+
+OUTPUT_KINDS = ("masks", "outlines_png", "outlines_txt", "rois", "seg_npy", "csv")
+
+
+def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# outlines
+# ------------------------------------------------------------------------------------------------
+
+def outline_mask(masks: np.ndarray) -> np.ndarray:
+    """Boolean 2D map of mask pixels with a 4-neighbour of another label (or the image edge)."""
+    m = masks
+    edge = np.zeros(m.shape, bool)
+    edge[:-1] |= m[:-1] != m[1:]
+    edge[1:] |= m[1:] != m[:-1]
+    edge[:, :-1] |= m[:, :-1] != m[:, 1:]
+    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+    edge[0] = edge[-1] = True
+    edge[:, 0] = edge[:, -1] = True
+    return edge & (m > 0)
+
+
+_NB = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
+
+
+def trace_outline(mask: np.ndarray) -> np.ndarray:
+    """Ordered boundary polygon (N, 2) as (x, y) of the largest 8-connected blob of a boolean mask
+    (Moore-neighbour tracing)."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return np.zeros((0, 2), np.int32)
+    if ys.size == 1:
+        return np.array([[xs[0], ys[0]]], np.int32)
+    H, W = mask.shape
+    start = (int(ys[0]), int(xs[0]))  # topmost-leftmost pixel
+    pts = [start]
+    cur, back = start, 6  # we arrived "from the left"
+    for _ in range(4 * ys.size + 8):
+        found = False
+        for k in range(8):
+            d = (back + 1 + k) % 8
+            ny, nx = cur[0] + _NB[d][0], cur[1] + _NB[d][1]
+            if 0 <= ny < H and 0 <= nx < W and mask[ny, nx]:
+                back = (d + 4) % 8
+                cur = (ny, nx)
+                found = True
+                break
+        if not found or cur == start:
+            break
+        pts.append(cur)
+    arr = np.array(pts, np.int32)
+    return arr[:, ::-1].copy()
+
+
+def outlines_list(masks: np.ndarray) -> List[np.ndarray]:
+    """One (N, 2) (x, y) polygon per mask label 1..max (empty arrays for absent labels)."""
+    from scipy import ndimage as ndi
+
+    out: List[np.ndarray] = []
+    for k, sl in enumerate(ndi.find_objects(masks.astype(np.int64))):
+        if sl is None:
+            out.append(np.zeros((0, 2), np.int32))
+            continue
+        sub = np.pad(masks[sl] == k + 1, 1)
+        poly = trace_outline(sub)
+        poly = poly - 1 + np.array([sl[1].start, sl[0].start], np.int32)
+        out.append(poly)
+    return out
+
+
+def write_outlines_txt(path: Path, masks: np.ndarray) -> Path:
+    """ImageJ outlines text, Cellpose's ``*_cp_outlines.txt`` format (x,y pairs per line)."""
+    def w(f):
+        for poly in outlines_list(masks):
+            if len(poly):
+                f.write(",".join(str(int(v)) for v in poly.ravel()) + "\n")
+    return _atomic(Path(path), w, "w")
+
+
+def write_rois_zip(path: Path, masks: np.ndarray) -> Path:
+    """ImageJ ROI set: one polygon ROI per mask, named by label."""
+    import roifile
+
+    rois = []
+    for k, poly in enumerate(outlines_list(masks)):
+        if len(poly) >= 1:
+            r = roifile.ImagejRoi.frompoints(poly.astype(np.float32))
+            r.name = f"{k + 1:05d}"
+            rois.append(r)
+
+    def w(f):
+        import zipfile
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for r in rois:
+                z.writestr(f"{r.name}.roi", r.tobytes())
+    return _atomic(Path(path), w)
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    """Minimal PNG encoder for an (H, W, 3) uint8 image (stdlib zlib only)."""
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def overlay_rgb(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Image (first channel, percentile-scaled to grey) with outlines in red."""
+    img = np.asarray(image, np.float32)
+    if img.ndim == 3:
+        img = img[..., 0] if img.shape[-1] <= 4 else img[0]
+    lo, hi = np.percentile(img, [1, 99]) if img.size else (0, 1)
+    g = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = (np.stack([g, g, g], -1) * 255).astype(np.uint8)
+    rgb[outline_mask(masks)] = (255, 40, 40)
+    return rgb
+
+
+def write_outlines_png(path: Path, image: np.ndarray, masks: np.ndarray) -> Path:
+    data = _png_bytes(overlay_rgb(image, masks))
+    return _atomic(Path(path), lambda f: f.write(data))
+
+
+# ------------------------------------------------------------------------------------------------
+# tables and Cellpose GUI files
+# ------------------------------------------------------------------------------------------------
+
+def cell_table(masks: np.ndarray, image: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """Per-cell properties with ``skimage.measure.regionprops_table`` names: label, area, centroid-i,
+    bbox-i (min per axis, then max+1 per axis), intensity_mean-c per channel (channel last)."""
+    m = masks.astype(np.int64)
+    n = int(m.max()) if m.size else 0
+    flat = m.ravel()
+    area = np.bincount(flat, minlength=n + 1)
+    present = np.nonzero(area[1:])[0] + 1
+    cols: Dict[str, np.ndarray] = {"label": present, "area": area[present].astype(np.int64)}
+    idx = np.indices(m.shape).reshape(m.ndim, -1)
+    for a in range(m.ndim):
+        s = np.bincount(flat, weights=idx[a], minlength=n + 1)
+        cols[f"centroid-{a}"] = s[present] / area[present]
+    fg = flat > 0
+    for a in range(m.ndim):
+        lo = np.full(n + 1, np.iinfo(np.int64).max)
+        np.minimum.at(lo, flat[fg], idx[a][fg])
+        cols[f"bbox-{a}"] = lo[present]
+    for a in range(m.ndim):
+        hi = np.full(n + 1, -1)
+        np.maximum.at(hi, flat[fg], idx[a][fg])
+        cols[f"bbox-{m.ndim + a}"] = hi[present] + 1
+    if image is not None:
+        img = np.asarray(image, np.float64)
+        if img.shape == m.shape:
+            img = img[..., None]
+        if img.shape[:m.ndim] != m.shape:
+            raise ValueError(f"image shape {image.shape} does not match masks {m.shape} (channels must be last)")
+        for c in range(img.shape[-1]):
+            s = np.bincount(flat, weights=img[..., c].ravel(), minlength=n + 1)
+            cols[f"intensity_mean-{c}"] = s[present] / area[present]
+    return cols
+
+
+def write_csv(path: Path, masks: np.ndarray, image: Optional[np.ndarray] = None) -> Path:
+    cols = cell_table(masks, image)
+    names = list(cols)
+
+    def w(f):
+        wr = csv.writer(f)
+        wr.writerow(names)
+        for row in zip(*(cols[k] for k in names)):
+            wr.writerow([f"{v:.4f}" if isinstance(v, (float, np.floating)) else int(v) for v in row])
+    return _atomic(Path(path), w, "w")
+
+
+def write_seg_npy(path: Path, image_path: str, masks: np.ndarray, flows: Optional[np.ndarray] = None,
+                  cellprob: Optional[np.ndarray] = None, diameter: Optional[float] = None) -> Path:
+    """Cellpose GUI ``_seg.npy``: a pickled dict with masks, outlines, flows, filename, diameter."""
+    outl = outline_mask(masks) * masks if masks.ndim == 2 else np.stack([outline_mask(p) * p for p in masks])
+    d = {"masks": masks, "outlines": outl.astype(masks.dtype), "filename": str(image_path),
+         "ismanual": np.zeros(int(masks.max()), bool), "chan_choose": [0, 0],
+         "flows": [flows, cellprob] if flows is not None else [],
+         "diameter": float(diameter) if diameter else 0.0}
+    buf = io.BytesIO()
+    np.save(buf, np.array(d, dtype=object), allow_pickle=True)
+    data = buf.getvalue()
+    return _atomic(Path(path), lambda f: f.write(data))
+
+
+def write_outputs(out_dir: Path, stem: str, kinds: Sequence[str], image: np.ndarray, masks: np.ndarray,
+                  image_path: str = "", flows: Optional[np.ndarray] = None, cellprob: Optional[np.ndarray] = None,
+                  diameter: Optional[float] = None) -> List[Path]:
+    """Write the requested output kinds (see OUTPUT_KINDS) for one image; returns the paths written."""
+    out_dir = Path(out_dir)
+    written: List[Path] = []
+    for k in kinds:
+        if k not in OUTPUT_KINDS:
+            raise ValueError(f"unknown output kind {k!r}; choose from {', '.join(OUTPUT_KINDS)}")
+    if "masks" in kinds:
+        written.append(write_tiff_atomic(out_dir / f"{stem}_masks.tif", masks))
+    if masks.ndim == 2:
+        if "outlines_png" in kinds:
+            written.append(write_outlines_png(out_dir / f"{stem}_outlines.png", image, masks))
+        if "outlines_txt" in kinds:
+            written.append(write_outlines_txt(out_dir / f"{stem}_outlines.txt", masks))
+        if "rois" in kinds:
+            written.append(write_rois_zip(out_dir / f"{stem}_rois.zip", masks))
+    if "seg_npy" in kinds:
+        written.append(write_seg_npy(out_dir / f"{stem}_seg.npy", image_path, masks, flows, cellprob, diameter))
+    if "csv" in kinds:
+        img = np.asarray(image)
+        written.append(write_csv(out_dir / f"{stem}_cells.csv", masks, img if img.shape[:masks.ndim] == masks.shape else None))
+    return written
