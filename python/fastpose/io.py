@@ -38,7 +38,8 @@ def write_tiff_atomic(path: PathLike, data: np.ndarray, compression: str = "zlib
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        os.close(fd)
+        with open(tmp, "wb") as f:
             tifffile.imwrite(f, data, compression=compression)
             f.flush()
             os.fsync(f.fileno())
