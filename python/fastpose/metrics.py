@@ -1,0 +1,202 @@
+"""Segmentation metrics: IoU matching of predicted to true masks and the scores of the papers.
+
+* ``average_precision``: AP = TP / (TP + FP + FN) at IoU thresholds (Cellpose), with optimal one-to-one
+  matching (Hungarian on the overlap graph; unique matches make it direct for thresholds >= 0.5)
+* error rate = (FN + FP) / (TP + FN) (Cellpose-SAM), F1 = 2 TP / (2 TP + FP + FN)
+* ``mean_ap``: mean of AP over IoU 0.50:0.05:0.95
+* ``aggregated_jaccard_index`` (AJI), ``seg_score`` (Cell Tracking Challenge SEG)
+* ``evaluate``: all of them for a dataset, both as per-image means and pooled over images
+
+Overlaps are counted sparsely (only pairs of masks that touch), so images with thousands of masks are fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple, Union
+
+import numpy as np
+
+DEFAULT_THRESHOLDS = (0.5, 0.75, 0.9)
+COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))
+
+
+@dataclass
+class Overlap:
+    """Sparse overlap of a true and a predicted label image (labels compacted to 1..n)."""
+
+    n_true: int
+    n_pred: int
+    ti: np.ndarray      # true index (1-based) of each touching pair
+    pi: np.ndarray      # predicted index (1-based)
+    inter: np.ndarray   # pixels in common
+    area_true: np.ndarray  # [n_true + 1]
+    area_pred: np.ndarray  # [n_pred + 1]
+
+    @property
+    def iou(self) -> np.ndarray:
+        return self.inter / (self.area_true[self.ti] + self.area_pred[self.pi] - self.inter)
+
+
+def _compact(labels: np.ndarray) -> Tuple[np.ndarray, int]:
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        raise ValueError(f"label images must be integer arrays, got {lab.dtype}")
+    lab = lab.astype(np.int64, copy=False).ravel()
+    if lab.size and lab.min() < 0:
+        raise ValueError("label images must not have negative labels")
+    u, inv = np.unique(lab, return_inverse=True)
+    if u.size and u[0] == 0:
+        return inv.astype(np.int64), int(u.size - 1)
+    return inv.astype(np.int64) + 1, int(u.size)
+
+
+def overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
+    """Sparse pairwise overlaps of two label images of the same shape."""
+    if np.shape(true) != np.shape(pred):
+        raise ValueError(f"true and predicted masks differ in shape: {np.shape(true)} vs {np.shape(pred)}")
+    t, nt = _compact(true)
+    p, npred = _compact(pred)
+    both = (t > 0) & (p > 0)
+    key = t[both] * (npred + 1) + p[both]
+    pairs, inter = np.unique(key, return_counts=True)
+    return Overlap(nt, npred, pairs // (npred + 1), pairs % (npred + 1), inter.astype(np.float64),
+                   np.bincount(t, minlength=nt + 1).astype(np.float64),
+                   np.bincount(p, minlength=npred + 1).astype(np.float64))
+
+
+def true_positives(ov: Overlap, threshold: float) -> int:
+    """Number of one-to-one matches with IoU >= threshold, maximised over matchings."""
+    iou = ov.iou
+    ok = iou >= threshold
+    if threshold > 0.5:
+        return int(ok.sum())  # IoU > 0.5 pairs are unique on both sides
+    if not ok.any():
+        return 0
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ti, pi, w = ov.ti[ok], ov.pi[ok], iou[ok]
+    # connected components of the bipartite graph of candidate pairs; Hungarian within each
+    n = ov.n_true + ov.n_pred
+    g = coo_matrix((np.ones(ti.size), (ti - 1, ov.n_true + pi - 1)), shape=(n, n))
+    _, comp = connected_components(g, directed=False)
+    tp = 0
+    pc = comp[ti - 1]
+    order = np.argsort(pc, kind="stable")
+    ti, pi, w, pc = ti[order], pi[order], w[order], pc[order]
+    starts = np.r_[0, np.nonzero(np.diff(pc))[0] + 1, pc.size]
+    for a, b in zip(starts[:-1], starts[1:]):
+        if b - a == 1:
+            tp += 1
+            continue
+        ut, it = np.unique(ti[a:b], return_inverse=True)
+        up, ip = np.unique(pi[a:b], return_inverse=True)
+        cost = np.zeros((ut.size, up.size))
+        cost[it, ip] = -(1.0 + w[a:b] / 2.0)  # first maximise the count, then the IoU
+        r, c = linear_sum_assignment(cost)
+        tp += int((cost[r, c] < 0).sum())
+    return tp
+
+
+Labels = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+def _as_list(x: Labels) -> List[np.ndarray]:
+    if isinstance(x, np.ndarray) and x.dtype != object:
+        return [x]
+    return list(x)
+
+
+def average_precision(true: Labels, pred: Labels, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """AP = TP / (TP + FP + FN) per image and threshold (Cellpose's ``metrics.average_precision``).
+
+    Returns (ap, tp, fp, fn), each of shape [n_images, n_thresholds]. An image with no true and no
+    predicted masks has AP 1.
+    """
+    tl, pl = _as_list(true), _as_list(pred)
+    if len(tl) != len(pl):
+        raise ValueError(f"{len(tl)} true vs {len(pl)} predicted label images")
+    th = list(thresholds)
+    ap = np.zeros((len(tl), len(th)))
+    tp = np.zeros_like(ap, dtype=np.int64)
+    fp = np.zeros_like(tp)
+    fn = np.zeros_like(tp)
+    for i, (t, p) in enumerate(zip(tl, pl)):
+        ov = overlap(t, p)
+        for j, thr in enumerate(th):
+            k = true_positives(ov, thr)
+            tp[i, j], fp[i, j], fn[i, j] = k, ov.n_pred - k, ov.n_true - k
+            denom = k + fp[i, j] + fn[i, j]
+            ap[i, j] = k / denom if denom else 1.0
+    return ap, tp, fp, fn
+
+
+def mean_ap(true: Labels, pred: Labels) -> np.ndarray:
+    """Mean AP over IoU thresholds 0.50:0.05:0.95, per image."""
+    return average_precision(true, pred, COCO_THRESHOLDS)[0].mean(1)
+
+
+def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray) -> float:
+    """AJI (Kumar et al. 2017): each true mask with its best-IoU prediction; unmatched predictions add
+    their area to the union."""
+    ov = overlap(true, pred)
+    if ov.n_true == 0:
+        return 1.0 if ov.n_pred == 0 else 0.0
+    iou = ov.iou
+    best = np.full(ov.n_true + 1, -1.0)
+    best_p = np.zeros(ov.n_true + 1, np.int64)
+    best_i = np.zeros(ov.n_true + 1)
+    order = np.lexsort((-ov.pi, iou))  # ascending IoU; ties -> lowest pred index last wins
+    best[ov.ti[order]] = iou[order]
+    best_p[ov.ti[order]] = ov.pi[order]
+    best_i[ov.ti[order]] = ov.inter[order]
+    C = U = 0.0
+    used = np.zeros(ov.n_pred + 1, bool)
+    for t in range(1, ov.n_true + 1):
+        if best[t] > 0:
+            p = best_p[t]
+            C += best_i[t]
+            U += ov.area_true[t] + ov.area_pred[p] - best_i[t]
+            used[p] = True
+        else:
+            U += ov.area_true[t]
+    U += ov.area_pred[1:][~used[1:]].sum()
+    return float(C / U) if U else 1.0
+
+
+def seg_score(true: np.ndarray, pred: np.ndarray) -> float:
+    """Cell Tracking Challenge SEG: mean over true objects of the Jaccard index with the predicted object
+    covering more than half of it (0 when none does)."""
+    ov = overlap(true, pred)
+    if ov.n_true == 0:
+        return float("nan")
+    match = ov.inter > 0.5 * ov.area_true[ov.ti]
+    j = np.zeros(ov.n_true + 1)
+    j[ov.ti[match]] = ov.iou[match]
+    return float(j[1:].mean())
+
+
+def evaluate(true: Labels, pred: Labels, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> Dict[str, object]:
+    """All scores for a dataset: per-image means and pooled counts (sums of TP/FP/FN over images)."""
+    tl, pl = _as_list(true), _as_list(pred)
+    ap, tp, fp, fn = average_precision(tl, pl, thresholds)
+    TP, FP, FN = tp.sum(0), fp.sum(0), fn.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out: Dict[str, object] = {
+            "thresholds": list(thresholds),
+            "ap_mean": ap.mean(0).tolist(),
+            "ap_pooled": np.where(TP + FP + FN > 0, TP / (TP + FP + FN), 1.0).tolist(),
+            "error_rate_pooled": np.where(TP + FN > 0, (FN + FP) / (TP + FN), 0.0).tolist(),
+            "error_rate_mean": np.nanmean(np.where(tp + fn > 0, (fn + fp) / np.maximum(tp + fn, 1), np.nan), 0).tolist(),
+            "f1_pooled": np.where(2 * TP + FP + FN > 0, 2 * TP / (2 * TP + FP + FN), 1.0).tolist(),
+            "tp": TP.tolist(), "fp": FP.tolist(), "fn": FN.tolist(),
+        }
+    out["mean_ap"] = float(mean_ap(tl, pl).mean())
+    out["aji_mean"] = float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(tl, pl)]))
+    segs = [seg_score(t, p) for t, p in zip(tl, pl)]
+    out["seg_mean"] = float(np.nanmean(segs)) if not all(np.isnan(segs)) else float("nan")
+    out["n_images"] = len(tl)
+    return out
