@@ -1,0 +1,378 @@
+"""Model files: fastpose's own format, plus Cellpose 2/3 (CPnet) and Cellpose-SAM checkpoints.
+
+fastpose model file format (version 1)
+--------------------------------------
+A single ``torch.save``'d dict, readable with ``torch.load(path, weights_only=True)``::
+
+    {
+      "format": "fastpose-model",          # marks the file
+      "version": 1,                        # format version (readers reject newer versions)
+      "arch": {"type": "unet", "nbase": [2, 32, 64, 128, 256], "nout": 3, "sz": 3, "max_pool": True}
+           or {"type": "vit", "img_size": 256, "patch_size": 8, "embed_dim": 1024, ...},
+                                           # constructor kwargs of UNet / ViT (a ViT may give just
+                                           # {"type": "vit", "preset": "vit_l"})
+      "state_dict": {name: tensor},        # float16 when saved with half=True (loaded back as float32)
+      "diam_mean": float,                  # diameter the network was trained at
+      "diam_labels": float,                # mean diameter of the training labels
+      "normalize": {"lower": 1.0, "upper": 99.0, "invert": False},  # input percentile normalisation
+      "size_model": None or {"A": [...], "smean": [...], "ymean": float},  # style -> log-diameter
+      "extra": {...},                      # optional free-form metadata (plain Python types only)
+    }
+
+Only plain Python containers / numbers / strings and tensors are stored, so the file loads with
+``weights_only=True``; numpy arrays in the metadata are converted to lists when saving.
+
+Cellpose files
+--------------
+* Cellpose 2/3 (``cyto``, ``cyto2``, ``cyto3``, ``nuclei``, user models): a bare CPnet state dict,
+  recognised by ``downsample.down.res_down_0.conv.conv_0.0.weight``; loaded into :class:`UNet` with the
+  widths, kernel size and number of outputs inferred from the weight shapes and ``diam_mean`` /
+  ``diam_labels`` from the stored parameters.  (Cellpose's separate ``*_size.npy`` size models are
+  pickles and are not read.)
+* Cellpose-SAM (``cpsam``, ``cpsam_v2``): a state dict with ``W2`` and ``encoder.*`` keys; loaded into
+  :class:`ViT` (the ``vit_l`` preset for real checkpoints; sizes are inferred from the shapes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .unet import UNet
+from .vit import VIT_PRESETS, ViT
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "BUILTIN_MODELS", "DEFAULT_NORMALIZE", "build_model", "save_model",
+           "load_model", "model_from_state_dict", "resolve_model_path"]
+
+log = logging.getLogger("fastpose.models")
+
+FORMAT = "fastpose-model"
+FORMAT_VERSION = 1
+
+#: Built-in model name -> file path (or a zero-argument callable returning one, e.g. a downloader).
+#: Empty for now; bundled weights are registered here by other modules.
+BUILTIN_MODELS: Dict[str, Union[str, os.PathLike, Callable[[], Union[str, os.PathLike]]]] = {}
+
+#: Cellpose's default input normalisation: per channel, 1st -> 0 and 99th percentile -> 1.
+DEFAULT_NORMALIZE: Dict[str, Any] = {"lower": 1.0, "upper": 99.0, "invert": False}
+
+_CPNET_KEY = "downsample.down.res_down_0.conv.conv_0.0.weight"
+_CPSAM_KEYS = ("W2", "encoder.patch_embed.proj.weight", "encoder.pos_embed", "out.weight")
+_EXPECTED = ("a fastpose model file (a torch.save'd dict with format='fastpose-model'), a Cellpose 2/3 "
+             f"CPnet state dict (with key {_CPNET_KEY!r}) or a Cellpose-SAM state dict (with keys "
+             f"{', '.join(repr(k) for k in _CPSAM_KEYS)})")
+_FP16_MAX = 65504.0
+
+PathLike = Union[str, os.PathLike]
+DeviceLike = Union[str, torch.device, None]
+
+
+# --------------------------------------------------------------------------------------------------
+# building
+# --------------------------------------------------------------------------------------------------
+
+def build_model(arch: Mapping[str, Any], diam_mean: float = 30.0) -> nn.Module:
+    """Construct an untrained network from an ``arch`` dict (``{"type": "unet"|"vit", **kwargs}``)."""
+    if not isinstance(arch, Mapping) or "type" not in arch:
+        raise ValueError(f"arch must be a dict with a 'type' of 'unet' or 'vit', got {arch!r}")
+    kw = {k: v for k, v in arch.items() if k != "type"}
+    kind = arch["type"]
+    try:
+        if kind == "unet":
+            return UNet(diam_mean=diam_mean, **kw)
+        if kind == "vit":
+            preset = kw.pop("preset", None)
+            if preset is not None:
+                return ViT.from_preset(str(preset), diam_mean=diam_mean, **kw)
+            return ViT(diam_mean=diam_mean, **kw)
+    except TypeError as e:  # unknown / missing kwargs
+        raise ValueError(f"bad arch {dict(arch)!r}: {e}") from e
+    raise ValueError(f"unknown arch type {kind!r}; expected 'unet' or 'vit'")
+
+
+def _model_arch(model: nn.Module, meta: Mapping[str, Any]) -> Dict[str, Any]:
+    if "arch" in meta:
+        return dict(meta["arch"])
+    if hasattr(model, "arch") and callable(model.arch):
+        return dict(model.arch())
+    raise ValueError(f"cannot tell the architecture of a {type(model).__name__}: pass meta={{'arch': ...}}")
+
+
+# --------------------------------------------------------------------------------------------------
+# saving
+# --------------------------------------------------------------------------------------------------
+
+def _plain(obj: Any, where: str) -> Any:
+    """Convert metadata to types that ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(obj, np.generic):  # before the float check: np.float64 subclasses float
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise ValueError(f"metadata {where} has unsupported type {type(obj).__name__}")
+
+
+def _state_for_file(model: nn.Module, half: bool) -> Dict[str, torch.Tensor]:
+    out: Dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if half and v.is_floating_point() and not k.startswith("diam_"):
+            if v.numel() and float(v.abs().max()) > _FP16_MAX:
+                log.warning("keeping %s in %s: values exceed the float16 range", k, v.dtype)
+            else:
+                v = v.to(torch.float16)
+        out[k] = v.clone()
+    return out
+
+
+def save_model(path: PathLike, model: nn.Module, meta: Optional[Mapping[str, Any]] = None,
+               half: bool = False) -> Path:
+    """Write ``model`` to ``path`` in the fastpose format (see module docstring), atomically.
+
+    Args:
+        path: destination file (conventionally ``*.pth``); its folder must exist.
+        model: a :class:`UNet` or :class:`ViT` (anything else needs ``meta["arch"]``).
+        meta: optional ``diam_mean``, ``diam_labels`` (default: the model's parameters), ``normalize``
+            (default :data:`DEFAULT_NORMALIZE`), ``size_model``, ``arch``, ``extra``.
+        half: store floating-point weights as float16 (half the size; loaded back as float32).
+
+    The file is written to a temporary file in the same folder and moved into place with
+    ``os.replace``, so readers never see a partial file.  Returns the path.
+    """
+    meta = dict(meta or {})
+    unknown = set(meta) - {"diam_mean", "diam_labels", "normalize", "size_model", "arch", "extra"}
+    if unknown:
+        raise ValueError(f"unknown meta keys {sorted(unknown)}; put free-form data under meta['extra']")
+    sd = model.state_dict()
+    diam_mean = float(meta.get("diam_mean", sd["diam_mean"].item() if "diam_mean" in sd else 30.0))
+    diam_labels = float(meta.get("diam_labels", sd["diam_labels"].item() if "diam_labels" in sd else diam_mean))
+    payload: Dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "arch": _plain(_model_arch(model, meta), "arch"),
+        "state_dict": _state_for_file(model, half),
+        "diam_mean": diam_mean,
+        "diam_labels": diam_labels,
+        "normalize": _plain(meta.get("normalize", DEFAULT_NORMALIZE), "normalize"),
+        "size_model": _plain(meta.get("size_model"), "size_model"),
+    }
+    if meta.get("extra") is not None:
+        payload["extra"] = _plain(meta["extra"], "extra")
+    # keep the stored parameters consistent with the metadata
+    for k in ("diam_mean", "diam_labels"):
+        if k in payload["state_dict"]:
+            payload["state_dict"][k] = torch.full_like(payload["state_dict"][k], payload[k])
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent or Path(".")), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    log.info("saved %s model to %s (%s)", payload["arch"]["type"], path, "fp16" if half else "fp32")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------------
+
+def _available() -> str:
+    names = sorted(BUILTIN_MODELS)
+    return ", ".join(names) if names else "(none registered yet)"
+
+
+def resolve_model_path(path_or_name: PathLike) -> Path:
+    """A model file path from a path or a :data:`BUILTIN_MODELS` name; ValueError if neither."""
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    name = str(path_or_name)
+    if name in BUILTIN_MODELS:
+        target = BUILTIN_MODELS[name]
+        target = target() if callable(target) else target
+        tp = Path(target)
+        if not tp.is_file():
+            raise ValueError(f"built-in model {name!r} points to {tp}, which is not a file")
+        return tp
+    if p.exists():
+        raise ValueError(f"{p} is not a file; expected {_EXPECTED}")
+    raise ValueError(f"{name!r} is neither a model file nor a built-in model name; "
+                     f"available built-in models: {_available()}")
+
+
+def _strip_module_prefix(sd: Mapping[str, Any]) -> Dict[str, Any]:
+    keys = list(sd)
+    if keys and all(k.startswith("module.") for k in keys):  # saved from DataParallel / DDP
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _infer_unet(sd: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """UNet kwargs from CPnet weight shapes."""
+    needed = ("downsample.down.res_down_0.proj.1.weight", "downsample.down.res_down_0.conv.conv_0.2.weight",
+              "output.2.weight")
+    missing = [k for k in needed if k not in sd]
+    if missing:
+        raise ValueError(f"incomplete Cellpose CPnet state dict: missing {missing}")
+    nbase = [int(sd["downsample.down.res_down_0.proj.1.weight"].shape[1])]
+    i = 0
+    while f"downsample.down.res_down_{i}.proj.1.weight" in sd:
+        nbase.append(int(sd[f"downsample.down.res_down_{i}.proj.1.weight"].shape[0]))
+        i += 1
+    kernel = sd["downsample.down.res_down_0.conv.conv_0.2.weight"]
+    if kernel.ndim != 4:
+        raise ValueError("this Cellpose checkpoint is a 3D (conv_3D) network, which fastpose does not implement")
+    sz = int(kernel.shape[-1])
+    nout = int(sd["output.2.weight"].shape[0])
+    return {"type": "unet", "nbase": nbase, "nout": nout, "sz": sz, "max_pool": True}
+
+
+def _infer_vit(sd: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    """ViT kwargs from Cellpose-SAM weight shapes (``vit_l`` for real checkpoints)."""
+    pw = sd["encoder.patch_embed.proj.weight"]
+    embed_dim, in_chans, ps = int(pw.shape[0]), int(pw.shape[1]), int(pw.shape[-1])
+    grid = int(sd["encoder.pos_embed"].shape[1])
+    depth = 0
+    while f"encoder.blocks.{depth}.norm1.weight" in sd:
+        depth += 1
+    rel = [sd.get(f"encoder.blocks.{i}.attn.rel_pos_h") for i in range(depth)]
+    lens = [None if t is None else int(t.shape[0]) for t in rel]
+    head_dim = next((int(t.shape[1]) for t in rel if t is not None), None)
+    num_heads = embed_dim // head_dim if head_dim else VIT_PRESETS["vit_l"]["num_heads"]
+    mlp = int(sd["encoder.blocks.0.mlp.lin1.weight"].shape[0]) if depth else 4 * embed_dim
+    kw: Dict[str, Any] = {
+        "type": "vit", "img_size": grid * ps, "patch_size": ps, "in_chans": in_chans, "embed_dim": embed_dim,
+        "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp / embed_dim,
+        "out_chans": int(sd["encoder.neck.0.weight"].shape[0]), "nout": int(sd["W2"].shape[1]),
+        "rel_pos_len": lens, "use_rel_pos": any(v is not None for v in lens),
+    }
+    return kw
+
+
+def model_from_state_dict(sd: Mapping[str, torch.Tensor],
+                          source: str = "state dict") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build + load a network from a bare Cellpose (CPnet) or Cellpose-SAM state dict."""
+    sd = _strip_module_prefix(sd)
+    try:
+        if _CPNET_KEY in sd:
+            arch, kind = _infer_unet(sd), "cellpose"
+        elif all(k in sd for k in _CPSAM_KEYS):
+            arch, kind = _infer_vit(sd), "cellpose-sam"
+        else:
+            arch = kind = None
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"{source}: cannot infer the network from the state dict ({e})") from e
+    if arch is None:
+        some = ", ".join(list(sd)[:5])
+        raise ValueError(f"{source}: unrecognised state dict (first keys: {some}); expected {_EXPECTED}")
+    model = build_model(arch)
+    missing = [k for k in ("diam_mean", "diam_labels") if k not in sd]
+    if missing:  # Cellpose 1 checkpoints predate these parameters
+        log.warning("%s has no %s; using the default diam_mean of 30", source, " / ".join(missing))
+    try:
+        res = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise ValueError(f"{source}: weights do not fit the inferred {arch['type']} network: {e}") from e
+    bad_missing = [k for k in res.missing_keys if k not in ("diam_mean", "diam_labels")]
+    if bad_missing or res.unexpected_keys:
+        raise ValueError(f"{source}: state dict does not match the inferred {arch['type']} network "
+                         f"(missing {bad_missing[:5]}, unexpected {res.unexpected_keys[:5]})")
+    meta = {
+        "format": kind, "version": None, "arch": arch,
+        "diam_mean": model.diam_mean_value,
+        "diam_labels": float(model.diam_labels.detach().float().cpu()[0]),
+        "normalize": dict(DEFAULT_NORMALIZE), "size_model": None,
+    }
+    return model, meta
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (not a zip / corrupt), EOFError, ...
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"cannot read {path} as a model file ({type(e).__name__}: {first}); "
+                         f"expected {_EXPECTED}") from e
+
+
+def load_model(path_or_name: PathLike, device: DeviceLike = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Load a model file (fastpose or Cellpose format) or a built-in model by name.
+
+    Returns ``(model, meta)``: the network in eval mode on ``device`` (float32) and a metadata dict with
+    ``format`` ('fastpose-model', 'cellpose' or 'cellpose-sam'), ``version``, ``arch``, ``nchan``,
+    ``diam_mean``, ``diam_labels``, ``normalize``, ``size_model``, ``path`` (and ``extra`` if stored).
+    The same dict is attached to the model as ``model.fastpose_meta``.
+
+    Raises ValueError for unreadable files, unknown formats, and names that are neither a file nor in
+    :data:`BUILTIN_MODELS` (the message lists the available names).
+    """
+    path = resolve_model_path(path_or_name)
+    obj = _torch_load(path)
+    if isinstance(obj, Mapping) and "format" in obj:
+        if obj["format"] != FORMAT:
+            raise ValueError(f"{path}: unknown model format {obj['format']!r}; expected {_EXPECTED}")
+        version = obj.get("version")
+        if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+            raise ValueError(f"{path}: fastpose-model version {version!r} is not supported "
+                             f"(this fastpose reads versions 1..{FORMAT_VERSION})")
+        for k in ("arch", "state_dict"):
+            if k not in obj:
+                raise ValueError(f"{path}: fastpose model file without {k!r}")
+        diam_mean = float(obj.get("diam_mean", 30.0))
+        model = build_model(obj["arch"], diam_mean=diam_mean)
+        try:
+            model.load_state_dict(_strip_module_prefix(obj["state_dict"]), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: weights do not match the stored arch {obj['arch']!r}: {e}") from e
+        meta: Dict[str, Any] = {
+            "format": FORMAT, "version": version, "arch": dict(obj["arch"]), "diam_mean": diam_mean,
+            "diam_labels": float(obj.get("diam_labels", diam_mean)),
+            "normalize": dict(obj.get("normalize") or DEFAULT_NORMALIZE),
+            "size_model": obj.get("size_model"),
+        }
+        if "extra" in obj:
+            meta["extra"] = obj["extra"]
+    elif _is_state_dict(obj):
+        model, meta = model_from_state_dict(obj, source=str(path))
+    elif isinstance(obj, Mapping):
+        raise ValueError(f"{path}: a dict without 'format' that is not a Cellpose state dict "
+                         f"(keys: {', '.join(map(str, list(obj)[:5]))}); expected {_EXPECTED}")
+    else:
+        raise ValueError(f"{path}: contains a {type(obj).__name__}, not a model; expected {_EXPECTED}")
+    meta["nchan"] = int(getattr(model, "nchan"))
+    meta["path"] = str(path)
+    model = model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
+    model.fastpose_meta = meta
+    log.info("loaded %s %s model from %s (diam_mean %.1f)", meta["format"], meta["arch"]["type"], path,
+             meta["diam_mean"])
+    return model, meta
