@@ -1,14 +1,175 @@
-"""Placeholder until this operation is implemented."""
+"""Heat-diffusion flow targets of label images and the flow-error quality check (Cellpose 3).
+
+``masks_to_flows`` computes, for every mask, the unit-length gradient of a heat map diffused from the
+mask pixel closest to its centre of mass (Cellpose's ``masks_to_flows_cpu``).  ``flow_errors`` and
+``remove_bad_flow_masks`` compare those flows with network flows ``dP`` (``metrics.flow_error``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from .. import _core
+from ._backend import (_is_torch, any_nonfinite, check_spatial, device_guard, empty, finish, labels_max, placement,
+                       prepare, prepare_labels, ptr, shape_tuple)
+
+__all__ = ["masks_to_flows", "flow_errors", "remove_bad_flow_masks"]
 
 
-def masks_to_flows(*args, **kwargs):
-    raise NotImplementedError('masks_to_flows')
+def _numel(spatial: Tuple[int, ...]) -> int:
+    return int(np.prod(spatial, dtype=np.int64))
 
 
-def flow_errors(*args, **kwargs):
-    raise NotImplementedError('flow_errors')
+def _compact(lab: Any) -> Tuple[Any, Any]:
+    """Relabel ``lab`` to 0..N (0 stays 0).  Returns (compact int32 labels, label value of each compact id)."""
+    if isinstance(lab, np.ndarray):
+        uniq, inv = np.unique(lab, return_inverse=True)
+        inv = inv.reshape(lab.shape).astype(np.int32)
+        if uniq.size and uniq[0] != 0:
+            inv += 1
+            uniq = np.concatenate([np.zeros(1, uniq.dtype), uniq])
+        return np.ascontiguousarray(inv), uniq
+    import torch
+    uniq, inv = torch.unique(lab, return_inverse=True)
+    inv = inv.reshape(lab.shape).to(torch.int32)
+    if uniq.numel() and int(uniq[0].item()) != 0:
+        inv += 1
+        uniq = torch.cat([torch.zeros(1, dtype=uniq.dtype, device=uniq.device), uniq])
+    return inv.contiguous(), uniq
 
 
-def remove_bad_flow_masks(*args, **kwargs):
-    raise NotImplementedError('remove_bad_flow_masks')
+def _labels_and_flows(masks: Any, dP: Any) -> Tuple[Any, Any, Any, Tuple[int, ...]]:
+    where = placement(masks, dP)
+    lab = prepare_labels(masks, "masks", where)
+    spatial = check_spatial(lab, "masks")
+    flows = prepare(dP, "dP", np.float32, where)
+    want = (len(spatial), *spatial)
+    if tuple(int(s) for s in flows.shape) != want:
+        raise ValueError(f"dP must have shape {want} for masks of shape {spatial}, got {tuple(flows.shape)}")
+    if any_nonfinite(flows):
+        raise ValueError("dP contains NaN or Inf")
+    return where, lab, flows, spatial
 
+
+def masks_to_flows(masks: Any, niter: Optional[int] = None) -> Any:
+    """Heat-diffusion flow targets of a label image.
+
+    For every mask, heat is released ``niter`` times at the mask pixel closest to its centre of mass and
+    diffused by 3x3 (3x3x3) averaging inside the mask (its bounding box padded by 1); the flows are the
+    normalised central-difference gradients of the final heat map.
+
+    Parameters
+    ----------
+    masks : array (Y, X) or (Z, Y, X), integer
+        Label image, 0 = background; labels need not be sequential.
+    niter : int, optional
+        Diffusion iterations per mask; ``None`` or 0 uses Cellpose's default of twice the sum of the
+        padded bounding-box extents of each mask.
+
+    Returns
+    -------
+    flows : float32 array (ndim, Y, X) or (ndim, Z, Y, X)
+        Unit vectors (dY, dX) in 2D, (dZ, dY, dX) in 3D; 0 outside masks.  Same kind (NumPy/torch) as
+        ``masks``.
+    """
+    if niter is None:
+        niter = 0
+    if isinstance(niter, bool) or not isinstance(niter, (int, np.integer)):
+        raise ValueError(f"niter must be a non-negative integer or None, got {niter!r}")
+    if not 0 <= int(niter) <= np.iinfo(np.int32).max:
+        raise ValueError(f"niter must be in [0, 2**31 - 1], got {niter}")
+    where = placement(masks)
+    lab = prepare_labels(masks, "masks", where)
+    spatial = check_spatial(lab, "masks")
+    out = empty((len(spatial), *spatial), np.float32, where, zero=True)
+    if _numel(spatial) == 0:
+        return finish(out, where)
+    if labels_max(lab) > _numel(spatial):
+        lab, _ = _compact(lab)  # flows depend only on the partition, not on the label values
+    with device_guard(where):
+        _core.masks_to_flows(ptr(lab), shape_tuple(spatial), ptr(out), int(niter), *where.exec_args())
+    return finish(out, where)
+
+
+def flow_errors(masks: Any, dP: Any) -> Any:
+    """Mean squared error between the flows of each mask and network flows.
+
+    ``errors[k - 1] = sum_c mean_{p in mask k} (masks_to_flows(masks)[c, p] - dP[c, p] / 5)^2``
+    (Cellpose's ``metrics.flow_error``).
+
+    Parameters
+    ----------
+    masks : array (Y, X) or (Z, Y, X), integer
+        Label image, 0 = background.
+    dP : array (ndim, Y, X) or (ndim, Z, Y, X), float
+        Network flows at network scale (5x unit vectors).
+
+    Returns
+    -------
+    errors : float32 array (max_label,)
+        Error of label k at index k - 1; 0 for labels absent from the image.
+    """
+    where, lab, flows, spatial = _labels_and_flows(masks, dP)
+    nmax = labels_max(lab)
+    if nmax > _numel(spatial):
+        compact, uniq = _compact(lab)
+        ncomp = int(uniq.shape[0]) - 1
+        err_c = empty((ncomp,), np.float32, where, zero=True)
+        with device_guard(where):
+            _core.flow_errors(ptr(compact), shape_tuple(spatial), ptr(flows), ncomp, ptr(err_c), *where.exec_args())
+        out = empty((nmax,), np.float32, where, zero=True)
+        idx = uniq[1:] - 1
+        if not isinstance(idx, np.ndarray):
+            idx = idx.long()
+        out[idx] = err_c
+        return finish(out, where)
+    out = empty((nmax,), np.float32, where, zero=True)
+    with device_guard(where):
+        _core.flow_errors(ptr(lab), shape_tuple(spatial), ptr(flows), nmax, ptr(out), *where.exec_args())
+    return finish(out, where)
+
+
+def remove_bad_flow_masks(masks: Any, dP: Any, threshold: float = 0.4) -> Any:
+    """Remove masks whose flows disagree with the network flows.
+
+    Parameters
+    ----------
+    masks : array (Y, X) or (Z, Y, X), integer
+        Label image, 0 = background.
+    dP : array (ndim, Y, X) or (ndim, Z, Y, X), float
+        Network flows at network scale (5x unit vectors).
+    threshold : float
+        Masks with :func:`flow_errors` above this are set to 0.
+
+    Returns
+    -------
+    masks : array like ``masks`` (same dtype, a copy)
+        Bad masks set to 0; the remaining labels are not renumbered.
+    """
+    try:
+        thr = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number, got {threshold!r}") from None
+    if not np.isfinite(thr):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    orig_dtype = masks.dtype if _is_torch(masks) else np.asarray(masks).dtype
+    where, lab, flows, spatial = _labels_and_flows(masks, dP)
+    lab = lab.copy() if isinstance(lab, np.ndarray) else lab.clone()  # never modify the caller's array
+    nmax = labels_max(lab)
+    if nmax > 0:
+        if nmax > _numel(spatial):
+            compact, uniq = _compact(lab)
+            with device_guard(where):
+                _core.remove_bad_flow_masks(ptr(compact), shape_tuple(spatial), ptr(flows), int(uniq.shape[0]) - 1,
+                                            thr, *where.exec_args())
+            lab[compact == 0] = 0
+        else:
+            with device_guard(where):
+                _core.remove_bad_flow_masks(ptr(lab), shape_tuple(spatial), ptr(flows), nmax, thr,
+                                            *where.exec_args())
+    out = finish(lab, where)
+    if isinstance(out, np.ndarray):
+        return out.astype(orig_dtype, copy=False)
+    return out.to(orig_dtype)

@@ -1,0 +1,275 @@
+// CPU backend of the heat-diffusion flow targets and the flow-error QC: OpenMP over masks, each mask
+// worked in its padded bounding box with thread-local buffers.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "common/parallel.h"
+#include "flows/flows_backends.h"
+#include "flows/flows_impl.h"
+
+namespace fastpose {
+namespace cpu {
+namespace {
+
+using impl::Box;
+using impl::LabelStats;
+
+/// Maximum label after checking that no label is negative and that the maximum is at most `nlabels`
+/// (pass -1 for no such bound) and at most the number of pixels (sizes the per-label statistics).
+int64_t checked_max_label(const int32_t* labels, int64_t n, int64_t nlabels, const char* what, int nt) {
+  int32_t mn = 0, mx = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : mn) reduction(max : mx)
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t l = labels[i];
+    mn = l < mn ? l : mn;
+    mx = l > mx ? l : mx;
+  }
+  if (mn < 0)
+    throw ArgumentError(std::string(what) + ": negative label " + std::to_string(mn) +
+                        " (labels must be >= 0, 0 = background)");
+  if (nlabels >= 0 && int64_t(mx) > nlabels)
+    throw ArgumentError(std::string(what) + ": label " + std::to_string(mx) + " exceeds nlabels (" +
+                        std::to_string(nlabels) + ")");
+  if (int64_t(mx) > n)
+    throw ArgumentError(std::string(what) + ": label " + std::to_string(mx) + " exceeds the number of pixels (" +
+                        std::to_string(n) + "); relabel sparse labels first");
+  return mx;
+}
+
+/// Bounding boxes, pixel counts and coordinate sums of labels 1..maxlab (one serial pass: cheap).
+std::vector<LabelStats> label_stats(const int32_t* labels, const Shape& shape, int64_t maxlab) {
+  LabelStats init;
+  for (int a = 0; a < 3; ++a) {
+    init.lo[a] = INT32_MAX;
+    init.hi[a] = -1;
+    init.sum[a] = 0;
+  }
+  init.count = 0;
+  std::vector<LabelStats> st(size_t(maxlab), init);
+  const int64_t Y = shape.y, X = shape.x;
+  for (int64_t z = 0; z < shape.z; ++z) {
+    for (int64_t y = 0; y < Y; ++y) {
+      const int32_t* row = labels + (z * Y + y) * X;
+      for (int64_t x = 0; x < X; ++x) {
+        const int32_t l = row[x];
+        if (l <= 0) continue;
+        LabelStats& s = st[size_t(l - 1)];
+        const int32_t c[3] = {int32_t(z), int32_t(y), int32_t(x)};
+        for (int a = 0; a < 3; ++a) {
+          s.lo[a] = c[a] < s.lo[a] ? c[a] : s.lo[a];
+          s.hi[a] = c[a] > s.hi[a] ? c[a] : s.hi[a];
+          s.sum[a] += (unsigned long long)c[a];
+        }
+        s.count += 1;
+      }
+    }
+  }
+  return st;
+}
+
+/// One Jacobi sweep over the interior of a box row: nxt = mean(neighbourhood of cur) * inmask.
+void sweep_row_2d(const float* __restrict__ cur, float* __restrict__ nxt, const float* __restrict__ m, int64_t base,
+                  int64_t lx) {
+  for (int64_t xb = 1; xb < lx - 1; ++xb) {
+    const int64_t i = base + xb;
+    nxt[i] = impl::heat_step_2d(cur, i, lx) * m[i];
+  }
+}
+
+void sweep_row_3d(const float* __restrict__ cur, float* __restrict__ nxt, const float* __restrict__ m, int64_t base,
+                  int64_t sz, int64_t lx) {
+  for (int64_t xb = 1; xb < lx - 1; ++xb) {
+    const int64_t i = base + xb;
+    nxt[i] = impl::heat_step_3d(cur, i, sz, lx) * m[i];
+  }
+}
+
+struct MaskBuffers {
+  std::vector<float> a, b, m;
+};
+
+/// Flows of mask k + 1 written into `flows` at its pixels.
+void mask_flows(const int32_t* labels, const Shape& shape, const LabelStats& s, int32_t lab, int niter_user,
+                float* flows, MaskBuffers& buf) {
+  const int ndim = shape.ndim;
+  const int64_t n = shape.numel(), Y = shape.y, X = shape.x;
+  const Box b = impl::padded_box(s, ndim);
+  const int64_t nbox = b.size(), sy = b.lx, sz = b.ly * b.lx;
+  buf.a.assign(size_t(nbox), 0.0f);
+  buf.b.assign(size_t(nbox), 0.0f);
+  buf.m.assign(size_t(nbox), 0.0f);
+  float* m = buf.m.data();
+
+  // in-mask flags and the source: mask pixel closest to the centre of mass, ties -> lowest raster index
+  double best = std::numeric_limits<double>::infinity();
+  int64_t src = INT64_MAX;
+  for (int64_t z = s.lo[0]; z <= s.hi[0]; ++z) {
+    for (int64_t y = s.lo[1]; y <= s.hi[1]; ++y) {
+      const int32_t* row = labels + (z * Y + y) * X;
+      const int64_t ib = ((z - b.oz) * b.ly + (y - b.oy)) * b.lx - b.ox;
+      for (int64_t x = s.lo[2]; x <= s.hi[2]; ++x) {
+        if (row[x] != lab) continue;
+        const int64_t i = ib + x;
+        m[i] = 1.0f;
+        const double d = impl::source_dist2(s, z, y, x);
+        if (impl::source_better(d, i, best, src)) {
+          best = d;
+          src = i;
+        }
+      }
+    }
+  }
+
+  const int64_t niter = niter_user > 0 ? int64_t(niter_user) : impl::default_niter(b, ndim);
+  const int64_t zb0 = ndim == 3 ? 1 : 0, zb1 = ndim == 3 ? b.lz - 1 : 1;
+  float* cur = buf.a.data();
+  float* nxt = buf.b.data();
+  for (int64_t t = 0; t < niter; ++t) {
+    cur[src] += 1.0f;
+    for (int64_t zb = zb0; zb < zb1; ++zb) {
+      for (int64_t yb = 1; yb < b.ly - 1; ++yb) {
+        const int64_t base = zb * sz + yb * sy;
+        if (ndim == 3)
+          sweep_row_3d(cur, nxt, m, base, sz, b.lx);
+        else
+          sweep_row_2d(cur, nxt, m, base, b.lx);
+      }
+    }
+    std::swap(cur, nxt);
+  }
+
+  float v[3];
+  for (int64_t zb = zb0; zb < zb1; ++zb) {
+    for (int64_t yb = 1; yb < b.ly - 1; ++yb) {
+      const int64_t base = zb * sz + yb * sy;
+      const int64_t gbase = ((zb + b.oz) * Y + (yb + b.oy)) * X + b.ox;
+      for (int64_t xb = 1; xb < b.lx - 1; ++xb) {
+        const int64_t i = base + xb;
+        if (m[i] == 0.0f) continue;
+        impl::heat_flow(cur, i, sz, sy, ndim, v);
+        const int64_t g = gbase + xb;
+        for (int c = 0; c < ndim; ++c) flows[c * n + g] = v[c];
+      }
+    }
+  }
+}
+
+/// Flows of all labels with statistics `st` (flows fully overwritten).
+void flows_from_stats(const int32_t* labels, const Shape& shape, const std::vector<LabelStats>& st, int niter,
+                      float* flows, int nt) {
+  const int64_t total = int64_t(shape.ndim) * shape.numel();
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t i = 0; i < total; ++i) flows[i] = 0.0f;
+
+  // largest boxes first for load balance (the result does not depend on the order)
+  std::vector<int64_t> order;
+  order.reserve(st.size());
+  for (size_t k = 0; k < st.size(); ++k)
+    if (st[k].count > 0) order.push_back(int64_t(k));
+  std::vector<int64_t> size(st.size(), 0);
+  for (int64_t k : order) size[size_t(k)] = impl::padded_box(st[size_t(k)], shape.ndim).size();
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return size[size_t(a)] > size[size_t(b)]; });
+
+  const int64_t nmasks = int64_t(order.size());
+#pragma omp parallel num_threads(nt)
+  {
+    MaskBuffers buf;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t j = 0; j < nmasks; ++j) {
+      const int64_t k = order[size_t(j)];
+      mask_flows(labels, shape, st[size_t(k)], int32_t(k + 1), niter, flows, buf);
+    }
+  }
+}
+
+/// Per-mask flow errors for labels 1..st.size(); errors[st.size()..nlabels) = 0.
+void errors_from_stats(const int32_t* labels, const Shape& shape, const float* dP, const std::vector<LabelStats>& st,
+                       int64_t nlabels, float* errors, int nt) {
+  const int ndim = shape.ndim;
+  const int64_t n = shape.numel(), Y = shape.y, X = shape.x;
+  std::vector<float> flows(static_cast<size_t>(ndim * n));
+  if (n > 0) flows_from_stats(labels, shape, st, 0, flows.data(), nt);
+  const int64_t L = int64_t(st.size());
+  for (int64_t k = L; k < nlabels; ++k) errors[k] = 0.0f;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
+  for (int64_t k = 0; k < L; ++k) {
+    const LabelStats& s = st[size_t(k)];
+    if (s.count == 0) {
+      errors[k] = 0.0f;
+      continue;
+    }
+    const int32_t lab = int32_t(k + 1);
+    double lanes[impl::kErrLanes] = {0.0};
+    int64_t j = 0;  // raster index in the unpadded bounding box
+    for (int64_t z = s.lo[0]; z <= s.hi[0]; ++z)
+      for (int64_t y = s.lo[1]; y <= s.hi[1]; ++y) {
+        const int64_t gb = (z * Y + y) * X;
+        for (int64_t x = s.lo[2]; x <= s.hi[2]; ++x, ++j) {
+          const int64_t g = gb + x;
+          if (labels[g] != lab) continue;
+          double& acc = lanes[j % impl::kErrLanes];
+          acc = acc + impl::flow_err_term(flows.data(), dP, g, n, ndim);
+        }
+      }
+    errors[k] = impl::flow_err_final(impl::err_tree_reduce(lanes), s.count);
+  }
+}
+
+}  // namespace
+
+void masks_to_flows(const int32_t* labels, const Shape& shape, float* flows, int niter, const Exec& ex) {
+  const int nt = cpu_threads(ex);
+  const int64_t n = shape.numel();
+  if (n == 0) return;
+  const int64_t maxlab =
+      checked_max_label(labels, n, -1, "masks_to_flows", nt);
+  const std::vector<LabelStats> st = label_stats(labels, shape, maxlab);
+  flows_from_stats(labels, shape, st, niter, flows, nt);
+}
+
+void flow_errors(const int32_t* labels, const Shape& shape, const float* dP, int64_t nlabels, float* errors,
+                 const Exec& ex) {
+  const int nt = cpu_threads(ex);
+  const int64_t n = shape.numel();
+  if (n == 0) {
+    for (int64_t k = 0; k < nlabels; ++k) errors[k] = 0.0f;
+    return;
+  }
+  const int64_t maxlab = checked_max_label(labels, n, nlabels, "flow_errors", nt);
+  const std::vector<LabelStats> st = label_stats(labels, shape, maxlab);
+  errors_from_stats(labels, shape, dP, st, nlabels, errors, nt);
+}
+
+int64_t remove_bad_flow_masks(int32_t* labels, const Shape& shape, const float* dP, int64_t nlabels, float threshold,
+                              const Exec& ex) {
+  const int nt = cpu_threads(ex);
+  const int64_t n = shape.numel();
+  const int64_t maxlab = checked_max_label(labels, n, nlabels, "remove_bad_flow_masks", nt);
+  if (maxlab == 0) return 0;
+  const std::vector<LabelStats> st = label_stats(labels, shape, maxlab);
+  std::vector<float> err(static_cast<size_t>(maxlab));
+  errors_from_stats(labels, shape, dP, st, maxlab, err.data(), nt);
+  std::vector<uint8_t> bad(static_cast<size_t>(maxlab), 0);
+  int64_t removed = 0;
+  for (int64_t k = 0; k < maxlab; ++k) {
+    if (st[size_t(k)].count > 0 && impl::flow_mask_bad(err[size_t(k)], threshold)) {
+      bad[size_t(k)] = 1;
+      ++removed;
+    }
+  }
+  if (removed == 0) return 0;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t l = labels[i];
+    if (l > 0 && bad[size_t(l - 1)]) labels[i] = 0;
+  }
+  return removed;
+}
+
+}  // namespace cpu
+}  // namespace fastpose

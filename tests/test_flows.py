@@ -1,0 +1,390 @@
+"""masks_to_flows / flow_errors / remove_bad_flow_masks against a plain NumPy port of Cellpose 3."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+import fastpose.core as fc
+from fastpose.synthetic import disc, random_labels
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference: Cellpose 3 masks_to_flows_cpu / _extend_centers, in float32 with the summation order of
+# the contract (neighbours in raster order), 2D and 3D.
+# ------------------------------------------------------------------------------------------------
+
+def ref_masks_to_flows(masks: np.ndarray, niter: int | None = None) -> np.ndarray:
+    masks = np.asarray(masks)
+    nd = masks.ndim
+    mu = np.zeros((nd,) + masks.shape, np.float32)
+    offsets = list(itertools.product((-1, 0, 1), repeat=nd))
+    for i, si in enumerate(ndi.find_objects(masks)):
+        if si is None:
+            continue
+        ext = [s.stop - s.start + 2 for s in si]
+        coords = [c.astype(np.int64) + 1 for c in np.nonzero(masks[si] == i + 1)]
+        med = [c.mean() for c in coords]
+        imin = sum((c - m) ** 2 for c, m in zip(coords, med)).argmin()
+        src = tuple(c[imin] for c in coords)
+        n_iter = 2 * sum(ext) if not niter else niter
+        T = np.zeros(ext, np.float32)
+        inside = tuple(coords)
+        for _ in range(n_iter):
+            T[src] += np.float32(1)
+            s = np.zeros(len(coords[0]), np.float32)
+            for o in offsets:
+                s = s + T[tuple(c + d for c, d in zip(coords, o))]
+            T[inside] = s / np.float32(9 if nd == 2 else 27)
+        grad = []
+        for a in range(nd):
+            up, dn = list(coords), list(coords)
+            up[a] = coords[a] + 1
+            dn[a] = coords[a] - 1
+            grad.append(T[tuple(up)] - T[tuple(dn)])
+        n2 = grad[0] * grad[0]
+        for a in range(1, nd):
+            n2 = n2 + grad[a] * grad[a]
+        norm = np.sqrt(n2)
+        pos = tuple(c - 1 + s.start for c, s in zip(coords, si))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for a in range(nd):
+                mu[(a,) + pos] = np.where(norm > 0, grad[a] / norm, np.float32(0))
+    return mu
+
+
+def ref_flow_errors(masks: np.ndarray, dP: np.ndarray) -> np.ndarray:
+    """Cellpose metrics.flow_error with the reference flows."""
+    mu = ref_masks_to_flows(masks).astype(np.float64)
+    n = int(masks.max())
+    err = np.zeros(n)
+    for c in range(mu.shape[0]):
+        err += np.nan_to_num(ndi.mean((mu[c] - dP[c] / 5.0) ** 2, masks, index=np.arange(1, n + 1)))
+    return err
+
+
+def source_of(mask: np.ndarray) -> np.ndarray:
+    pts = np.argwhere(mask)
+    return pts[((pts - pts.mean(0)) ** 2).sum(1).argmin()]
+
+
+@pytest.fixture(scope="module")
+def small2d() -> np.ndarray:
+    return random_labels((72, 80), 12, diameter=20, seed=5)
+
+
+@pytest.fixture(scope="module")
+def small3d() -> np.ndarray:
+    return random_labels((18, 24, 26), 5, diameter=12, seed=6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Agreement with the reference
+# ------------------------------------------------------------------------------------------------
+
+def test_reference_2d(device, small2d):
+    assert small2d.max() >= 8
+    f = fc.masks_to_flows(small2d)
+    assert isinstance(f, np.ndarray) and f.dtype == np.float32 and f.shape == (2, *small2d.shape)
+    np.testing.assert_allclose(f, ref_masks_to_flows(small2d), rtol=0, atol=1e-5)
+
+
+def test_reference_3d(device, small3d):
+    assert small3d.max() >= 3
+    f = fc.masks_to_flows(small3d)
+    assert f.shape == (3, *small3d.shape)
+    np.testing.assert_allclose(f, ref_masks_to_flows(small3d), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int64, np.uint8])
+def test_non_sequential_labels(device, small2d, dtype):
+    sparse = np.where(small2d > 0, small2d * 7 + 3, 0).astype(dtype)
+    np.testing.assert_allclose(fc.masks_to_flows(sparse), ref_masks_to_flows(small2d), rtol=0, atol=1e-5)
+
+
+def test_labels_above_pixel_count(device):
+    lab = np.zeros((6, 7), np.int64)
+    lab[1:4, 1:5] = 100_000
+    lab[4:6, 5:7] = 7
+    ref = ref_masks_to_flows(np.where(lab == 100_000, 1, np.where(lab == 7, 2, 0)))
+    np.testing.assert_allclose(fc.masks_to_flows(lab), ref, rtol=0, atol=1e-5)
+    err = fc.flow_errors(lab, 5 * ref)
+    assert err.shape == (100_000,)
+    assert err.max() < 1e-8 and np.count_nonzero(err) <= 2
+
+
+@pytest.mark.parametrize("niter", [1, 7, 60])
+def test_explicit_niter(device, small2d, niter):
+    np.testing.assert_allclose(fc.masks_to_flows(small2d, niter=niter), ref_masks_to_flows(small2d, niter=niter),
+                               rtol=0, atol=1e-5)
+
+
+def test_border_and_tiny_images(device):
+    lab = np.zeros((9, 11), np.int32)
+    lab[:4, :3] = 1          # corner
+    lab[5:, 8:] = 2          # opposite corner
+    lab[:, 5] = 3            # full-height line touching two borders
+    lab[8, 0] = 4            # single pixel on the border
+    np.testing.assert_allclose(fc.masks_to_flows(lab), ref_masks_to_flows(lab), rtol=0, atol=1e-5)
+    one = np.ones((1, 1), np.int32)
+    assert np.array_equal(fc.masks_to_flows(one), np.zeros((2, 1, 1), np.float32))
+    row = np.array([[1, 1, 1, 2, 2, 2, 2, 0, 3]], np.int32)
+    np.testing.assert_allclose(fc.masks_to_flows(row), ref_masks_to_flows(row), rtol=0, atol=1e-5)
+    col3 = np.ones((5, 1, 1), np.int32)
+    np.testing.assert_allclose(fc.masks_to_flows(col3), ref_masks_to_flows(col3), rtol=0, atol=1e-5)
+
+
+def test_empty_images(device):
+    assert np.array_equal(fc.masks_to_flows(np.zeros((13, 17), np.int32)), np.zeros((2, 13, 17), np.float32))
+    assert np.array_equal(fc.masks_to_flows(np.zeros((3, 5, 4), np.uint16)), np.zeros((3, 3, 5, 4), np.float32))
+    assert fc.masks_to_flows(np.zeros((0, 5), np.int32)).shape == (2, 0, 5)
+    assert fc.flow_errors(np.zeros((4, 4), np.int32), np.zeros((2, 4, 4), np.float32)).shape == (0,)
+    out = fc.remove_bad_flow_masks(np.zeros((4, 4), np.int32), np.ones((2, 4, 4), np.float32))
+    assert np.array_equal(out, np.zeros((4, 4), np.int32))
+
+
+# ------------------------------------------------------------------------------------------------
+# Analytic properties
+# ------------------------------------------------------------------------------------------------
+
+def test_disc_points_inward(device):
+    shape, centre = (64, 70), (31.3, 36.6)
+    lab = disc(shape, centre, 17).astype(np.int32)
+    f = fc.masks_to_flows(lab)
+    inside = lab > 0
+    assert np.all(f[:, ~inside] == 0)
+    norm = np.sqrt((f ** 2).sum(0))[inside]
+    assert np.mean(np.abs(norm - 1) < 1e-5) > 0.995
+    assert np.all((np.abs(norm - 1) < 1e-5) | (norm == 0))
+    src = source_of(inside)
+    pts = np.argwhere(inside)
+    to_src = src[None, :] - pts
+    far = np.hypot(*to_src.T) > 1.5
+    dots = (f[:, inside].T * to_src).sum(1)[far]
+    assert np.mean(dots > 0) > 0.99
+
+
+def test_ball_points_inward(device):
+    shape, centre = (20, 22, 24), (9.6, 10.8, 11.2)
+    lab = disc(shape, centre, 7.5).astype(np.int32)
+    f = fc.masks_to_flows(lab)
+    inside = lab > 0
+    assert f.shape == (3, *shape)
+    assert np.all(f[:, ~inside] == 0)
+    norm = np.sqrt((f ** 2).sum(0))[inside]
+    assert np.mean(np.abs(norm - 1) < 1e-5) > 0.99
+    src = source_of(inside)
+    pts = np.argwhere(inside)
+    to_src = src[None, :] - pts
+    far = np.sqrt((to_src ** 2).sum(1)) > 1.5
+    assert np.mean((f[:, inside].T * to_src).sum(1)[far] > 0) > 0.99
+
+
+def follow(f: np.ndarray, mask: np.ndarray, steps: int = 400, h: float = 0.5):
+    """Euler steps along the flow with nearest-pixel lookup from every mask pixel.
+
+    Returns (left_mask: bool per start, end points).
+    """
+    p = np.argwhere(mask).astype(np.float64)
+    left = np.zeros(len(p), bool)
+    hi = np.array(mask.shape) - 1
+    for _ in range(steps):
+        q = np.clip(np.rint(p).astype(int), 0, hi)
+        left |= ~mask[tuple(q.T)]
+        p = p + h * f[(slice(None),) + tuple(q.T)].T
+    q = np.clip(np.rint(p).astype(int), 0, hi)
+    left |= ~mask[tuple(q.T)]
+    return left, p
+
+
+def ellipse(shape, centre, ry, rx):
+    yy, xx = np.indices(shape)
+    return ((yy - centre[0]) / ry) ** 2 + ((xx - centre[1]) / rx) ** 2 <= 1
+
+
+def c_shape(shape=(80, 80)):
+    yy, xx = np.indices(shape)
+    r = np.hypot(yy - 40, xx - 40)
+    return (r >= 12) & (r <= 22) & ~((xx > 40) & (np.abs(yy - 40) < 5))
+
+
+@pytest.mark.parametrize("name", ["ellipse", "c_shape"])
+def test_trajectories_stay_inside_and_converge(device, name):
+    mask = ellipse((50, 90), (24.3, 44.8), 14, 38) if name == "ellipse" else c_shape()
+    lab = mask.astype(np.int32)
+    f = fc.masks_to_flows(lab)
+    left, end = follow(f, mask)
+    assert left.mean() < 0.01
+    src = source_of(mask)
+    dist = np.sqrt(((end - src) ** 2).sum(1))
+    assert np.mean(dist < 3) > 0.97
+    if name == "c_shape":  # the source is on the ring, not at the (outside) centre of mass
+        assert mask[tuple(src)] and np.hypot(*(src - 40)) >= 11.5
+
+
+# ------------------------------------------------------------------------------------------------
+# Flow errors and QC
+# ------------------------------------------------------------------------------------------------
+
+def test_flow_errors_match_reference(device, small2d):
+    rng = np.random.default_rng(0)
+    dP = (5 * ref_masks_to_flows(small2d) + rng.normal(0, 2, (2, *small2d.shape))).astype(np.float32)
+    err = fc.flow_errors(small2d, dP)
+    assert err.dtype == np.float32 and err.shape == (small2d.max(),)
+    np.testing.assert_allclose(err, ref_flow_errors(small2d, dP), rtol=1e-5, atol=1e-7)
+
+
+def test_flow_errors_exact_and_random(device, small2d, small3d):
+    for lab in (small2d, small3d):
+        f = fc.masks_to_flows(lab)
+        assert fc.flow_errors(lab, 5 * f).max() < 1e-10
+        rng = np.random.default_rng(1)
+        err = fc.flow_errors(lab, rng.normal(0, 5, f.shape).astype(np.float32))
+        assert err.min() > 0.5
+
+
+def test_flow_errors_absent_labels(device):
+    lab = np.zeros((20, 20), np.int32)
+    lab[2:8, 2:9] = 1
+    lab[10:18, 11:19] = 3
+    dP = np.ones((2, 20, 20), np.float32)
+    err = fc.flow_errors(lab, dP)
+    assert err.shape == (3,) and err[1] == 0 and err[0] > 0 and err[2] > 0
+
+
+def test_remove_bad_flow_masks(device, small2d):
+    lab = small2d.astype(np.uint16)
+    dP = 5 * fc.masks_to_flows(lab)
+    rng = np.random.default_rng(2)
+    bad = [2, 5, int(lab.max())]
+    for k in bad:
+        m = lab == k
+        dP[:, m] = rng.normal(0, 5, (2, int(m.sum()))).astype(np.float32)
+    before = lab.copy()
+    out = fc.remove_bad_flow_masks(lab, dP, threshold=0.4)
+    assert np.array_equal(lab, before), "input must not be modified"
+    assert out.dtype == np.uint16 and out.shape == lab.shape
+    expect = np.where(np.isin(lab, bad), 0, lab)
+    assert np.array_equal(out, expect)
+    # a huge threshold keeps everything, a negative one removes everything
+    assert np.array_equal(fc.remove_bad_flow_masks(lab, dP, threshold=1e9), lab)
+    assert not fc.remove_bad_flow_masks(lab, dP, threshold=-1.0).any()
+    # int32 input is copied too
+    lab32 = small2d.astype(np.int32)
+    out32 = fc.remove_bad_flow_masks(lab32, dP)
+    assert out32.dtype == np.int32 and np.array_equal(lab32, small2d) and np.array_equal(out32, expect)
+
+
+def test_torch_cpu_tensors_in_and_out(small2d):
+    torch = pytest.importorskip("torch")
+    with fc.use_backend("cpu"):
+        f = fc.masks_to_flows(torch.from_numpy(small2d))
+        assert isinstance(f, torch.Tensor)
+        np.testing.assert_array_equal(f.numpy(), fc.masks_to_flows(small2d))
+        out = fc.remove_bad_flow_masks(torch.from_numpy(small2d.astype(np.int16)), 5 * f)
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.int16
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad inputs
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn", ["masks_to_flows", "flow_errors", "remove_bad_flow_masks"])
+def test_bad_labels(device, fn):
+    call = {
+        "masks_to_flows": lambda m: fc.masks_to_flows(m),
+        "flow_errors": lambda m: fc.flow_errors(m, np.zeros((np.ndim(m), *np.shape(m)), np.float32)),
+        "remove_bad_flow_masks": lambda m: fc.remove_bad_flow_masks(m, np.zeros((np.ndim(m), *np.shape(m)), np.float32)),
+    }[fn]
+    with pytest.raises(ValueError, match="integer"):
+        call(np.ones((8, 8), np.float32))
+    with pytest.raises(ValueError, match="negative"):
+        call(-np.ones((8, 8), np.int32))
+    with pytest.raises(ValueError, match="2D or 3D"):
+        call(np.ones(8, np.int32))
+    with pytest.raises(ValueError, match="2D or 3D"):
+        call(np.ones((2, 3, 4, 5), np.int32))
+    with pytest.raises(ValueError):
+        call("not an array")
+
+
+def test_bad_flows_and_params(device):
+    lab = np.ones((8, 9), np.int32)
+    good = np.zeros((2, 8, 9), np.float32)
+    for fn in (fc.flow_errors, fc.remove_bad_flow_masks):
+        with pytest.raises(ValueError, match="dP must have shape"):
+            fn(lab, np.zeros((2, 9, 8), np.float32))
+        with pytest.raises(ValueError, match="dP must have shape"):
+            fn(lab, np.zeros((3, 8, 9), np.float32))
+        bad = good.copy()
+        bad[1, 3, 3] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            fn(lab, bad)
+        bad[1, 3, 3] = np.inf
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            fn(lab, bad)
+    with pytest.raises(ValueError, match="threshold"):
+        fc.remove_bad_flow_masks(lab, good, threshold=float("nan"))
+    with pytest.raises(ValueError, match="niter"):
+        fc.masks_to_flows(lab, niter=-1)
+    with pytest.raises(ValueError, match="niter"):
+        fc.masks_to_flows(lab, niter=2.5)
+
+
+def test_native_layer_rejects_bad_values():
+    """The C++ wrappers check what the Python layer would normally catch first."""
+    from fastpose import _core
+    lab = np.array([[0, 1], [2, 5]], np.int32)
+    flows = np.zeros((2, 2, 2), np.float32)
+    err = np.zeros(2, np.float32)
+    with pytest.raises(ValueError, match="exceeds nlabels"):
+        _core.flow_errors(lab.ctypes.data, (2, 1, 2, 2), flows.ctypes.data, 2, err.ctypes.data, 0, 0, 0)
+    with pytest.raises(ValueError, match="number of pixels"):
+        _core.masks_to_flows(lab.ctypes.data, (2, 1, 2, 2), flows.ctypes.data, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="null pointer"):
+        _core.masks_to_flows(0, (2, 1, 2, 2), flows.ctypes.data, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="ndim"):
+        _core.masks_to_flows(lab.ctypes.data, (4, 1, 2, 2), flows.ctypes.data, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="threshold"):
+        _core.remove_bad_flow_masks(lab.ctypes.data, (2, 1, 2, 2), flows.ctypes.data, 5, float("nan"), 0, 0, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU / GPU parity (runs on a GPU machine)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+def test_cpu_cuda_parity(labels2d, labels3d):
+    rng = np.random.default_rng(3)
+    for lab in (labels2d, labels3d):
+        with fc.use_backend("cpu"):
+            f_cpu = fc.masks_to_flows(lab)
+        with fc.use_backend("cuda"):
+            f_gpu = fc.masks_to_flows(lab)
+        np.testing.assert_allclose(f_gpu, f_cpu, rtol=0, atol=1e-5)
+        assert np.array_equal(f_gpu, f_cpu), "flows should be bitwise identical"
+        dP = (5 * f_cpu + rng.normal(0, 2, f_cpu.shape)).astype(np.float32)
+        with fc.use_backend("cpu"):
+            e_cpu = fc.flow_errors(lab, dP)
+            r_cpu = fc.remove_bad_flow_masks(lab, dP, 0.4)
+        with fc.use_backend("cuda"):
+            e_gpu = fc.flow_errors(lab, dP)
+            r_gpu = fc.remove_bad_flow_masks(lab, dP, 0.4)
+        assert np.array_equal(e_cpu, e_gpu)
+        assert np.array_equal(r_cpu, r_gpu)
+
+
+@pytest.mark.cuda
+def test_cuda_big_mask_and_tensors():
+    torch = pytest.importorskip("torch")
+    lab = disc((520, 530), (259.5, 262.3), 250).astype(np.int32)
+    lab[:5, :5] = 2
+    with fc.use_backend("cpu"):
+        f_cpu = fc.masks_to_flows(lab, niter=300)
+    t = torch.from_numpy(lab).cuda()
+    f_gpu = fc.masks_to_flows(t, niter=300)
+    assert f_gpu.is_cuda
+    assert np.array_equal(f_gpu.cpu().numpy(), f_cpu)
