@@ -1,0 +1,144 @@
+"""The segmentation pipeline: an oracle network checks the data path exactly; a tiny random U-Net checks
+shapes, dtypes, odd inputs, 3D, augmentation, ensembles and Cellpose checkpoints end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fastpose.core as fc
+from conftest import cellprob_from_labels
+from fastpose.models import UNet, save_model
+from fastpose.segment import Segmenter, segment, stitch3D, to_channels_first
+from fastpose.synthetic import random_labels
+from test_pipeline import matched_ap
+
+DATA = Path(__file__).resolve().parent / "data" / "models"
+
+
+class Oracle(torch.nn.Module):
+    """'Network' whose input channels are already (dY, dX, cellprob): returns them unchanged."""
+
+    fastpose_meta = {"nchan": 3, "arch": {"type": "unet"}, "diam_mean": 30.0}
+
+    def forward(self, x):
+        return x, torch.ones((x.shape[0], 4), device=x.device)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    net = UNet(nbase=(2, 8, 16, 32, 64))
+    p = tmp_path_factory.mktemp("m") / "tiny.pth"
+    save_model(p, net, {"diam_mean": 17.0})
+    return p
+
+
+def _oracle_image(labels):
+    dP = 5.0 * fc.masks_to_flows(labels)
+    return np.concatenate([dP, cellprob_from_labels(labels)[None]]).astype(np.float32), dP
+
+
+@pytest.mark.parametrize("shape", [(200, 300), (500, 470)])
+def test_oracle_pipeline_reproduces_compute_masks(shape):
+    labels = random_labels(shape, int(np.prod(shape) / 900), diameter=22, seed=4)
+    img, dP = _oracle_image(labels)
+    ref = fc.compute_masks(dP, cellprob_from_labels(labels))
+    res = segment(img, Oracle(), device="cpu", channel_axis=0, normalize=False, return_flows=True)
+    np.testing.assert_allclose(res.flows, dP, atol=1e-4)
+    np.testing.assert_array_equal(res.masks, ref)
+    assert matched_ap(labels, res.masks, 0.9) >= 0.98
+
+
+def test_oracle_pipeline_with_resizing():
+    labels = random_labels((240, 240), 50, diameter=24, seed=5)
+    img, _ = _oracle_image(labels)
+    # diameter 15 with diam_mean 30: the image is upsampled 2x for the network and the outputs resized back
+    res = segment(img, Oracle(), device="cpu", channel_axis=0, normalize=False, diameter=15.0)
+    assert matched_ap(labels, res.masks, 0.5) >= 0.9
+
+
+def test_tiny_unet_shapes_and_dtypes(tiny_model_file):
+    seg = Segmenter(str(tiny_model_file), device="cpu")
+    assert seg.diam_mean == 17.0 and seg.nchan == 2
+    rng = np.random.default_rng(0)
+    for img, kw in [
+        (rng.integers(0, 65535, (300, 260), dtype=np.uint16), {}),                 # 16-bit, > 1 tile
+        (rng.random((37, 50)).astype(np.float64), {}),                             # smaller than a tile
+        (rng.integers(0, 255, (1, 64), dtype=np.uint8), {}),                        # 1 x N
+        (rng.integers(0, 255, (90, 80, 3), dtype=np.uint8), {"channel_axis": -1}), # RGB
+        (rng.random((120, 130)).astype(np.float32), {"augment": True}),
+        (rng.random((120, 130)).astype(np.float32), {"diameter": 34.0}),
+    ]:
+        r = seg.segment(img, return_flows=True, **kw)
+        spatial = img.shape[:2]
+        assert r.masks.shape == spatial and r.masks.dtype == np.uint16
+        assert r.flows.shape == (2, *spatial) and r.cellprob.shape == spatial
+        assert r.styles.ndim == 1
+
+
+def test_3d_and_stitching(tiny_model_file):
+    seg = Segmenter(str(tiny_model_file), device="cpu")
+    vol = np.random.default_rng(1).random((12, 40, 48)).astype(np.float32)
+    r = seg.segment(vol, z_axis=0, do_3D=True, return_flows=True)
+    assert r.masks.shape == vol.shape and r.flows.shape == (3, *vol.shape)
+    r = seg.segment(vol, z_axis=0, stitch_threshold=0.3)
+    assert r.masks.shape == vol.shape
+
+
+def test_stitch3d_links_overlapping_planes():
+    m = np.zeros((3, 10, 10), np.uint16)
+    m[0, 2:6, 2:6] = 1
+    m[1, 2:6, 3:7] = 5   # overlaps plane 0's mask with IoU 12/20
+    m[2, 7:9, 7:9] = 2   # new object
+    s = stitch3D(m, 0.5)
+    assert s[0, 3, 3] == s[1, 3, 4] and s[2, 8, 8] not in (0, s[0, 3, 3])
+    assert len(np.unique(s)) == 3
+
+
+def test_ensemble_and_list_input(tiny_model_file):
+    imgs = [np.random.default_rng(i).random((64, 64)).astype(np.float32) for i in range(3)]
+    out = segment(imgs, [str(tiny_model_file), str(tiny_model_file)], device="cpu")
+    assert len(out) == 3 and all(o.masks.shape == (64, 64) for o in out)
+
+
+def test_cellpose_checkpoint_segments():
+    seg = Segmenter(str(DATA / "cpnet_tiny.pth"), device="cpu")
+    r = seg.segment(np.random.default_rng(0).random((100, 100)).astype(np.float32))
+    assert r.masks.shape == (100, 100)
+
+
+def test_axes_must_be_explicit():
+    with pytest.raises(ValueError, match="channel_axis"):
+        to_channels_first(np.zeros((5, 6, 7)), None, None, None, 2, False)
+    with pytest.raises(ValueError, match="do_3D"):
+        to_channels_first(np.zeros((5, 6, 7)), None, 0, None, 2, False)
+    with pytest.raises(ValueError, match="only 1 channel"):
+        to_channels_first(np.zeros((6, 7)), None, None, [0, 3], 2, False)
+    x = to_channels_first(np.arange(2 * 3 * 4).reshape(3, 4, 2), -1, None, [1], 2, False)
+    assert x.shape == (2, 3, 4) and (x[1] == 0).all() and x[0, 0, 0] == 1
+
+
+def test_bad_model_and_inputs(tiny_model_file, tmp_path):
+    with pytest.raises(ValueError, match="available"):
+        Segmenter("no-such-model", device="cpu")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError):
+        Segmenter(str(bad), device="cpu")
+    seg = Segmenter(str(tiny_model_file), device="cpu")
+    for img in [np.zeros((0, 5)), np.full((20, 20), np.nan), np.array(["a"]), np.zeros((2, 3, 4, 5, 6))]:
+        with pytest.raises(ValueError):
+            seg.segment(img)
+
+
+@pytest.mark.cuda
+def test_gpu_matches_cpu_with_oracle():
+    labels = random_labels((300, 300), 80, diameter=22, seed=6)
+    img, _ = _oracle_image(labels)
+    a = segment(img, Oracle(), device="cpu", channel_axis=0, normalize=False).masks
+    b = segment(img, Oracle(), device="cuda", precision="fp32", channel_axis=0, normalize=False).masks
+    assert matched_ap(a, b, 0.9) >= 0.99
