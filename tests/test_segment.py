@@ -142,3 +142,16 @@ def test_gpu_matches_cpu_with_oracle():
     a = segment(img, Oracle(), device="cpu", channel_axis=0, normalize=False).masks
     b = segment(img, Oracle(), device="cuda", precision="fp32", channel_axis=0, normalize=False).masks
     assert matched_ap(a, b, 0.9) >= 0.99
+
+
+def test_segment_many_pools_and_matches_one_by_one(tiny_model_file):
+    seg = Segmenter(str(tiny_model_file), device="cpu", batch_size=8)
+    rng = np.random.default_rng(3)
+    imgs = [rng.random((100, 120)).astype(np.float32) for _ in range(5)] + [rng.random((70, 90)).astype(np.float32)]
+    assert seg._group_size((2, 100, 120)) == 8  # one tile each: 8 images per network call
+    streamed = list(seg.segment_many(iter(imgs), return_flows=True))
+    assert len(streamed) == 6
+    for img, r in zip(imgs, streamed):
+        one = seg.segment(img, return_flows=True)
+        np.testing.assert_allclose(r.flows, one.flows, atol=1e-4)
+        np.testing.assert_array_equal(r.masks, one.masks)

@@ -225,11 +225,15 @@ class Segmenter:
 
     # ---- 2D -----------------------------------------------------------------------------------
     def _flows_2d(self, x: np.ndarray, rescale: float, augment: bool, tile_overlap: float):
-        """x: (C, Y, X) normalised. Returns (dP [2,Y,X], cellprob [Y,X], style) tensors at input size."""
+        """x: (C, Y, X) or a batch (B, C, Y, X) of equally sized normalised images.
+
+        Returns (dP [(B,) 2, Y, X], cellprob [(B,) Y, X], style [(B,) S]) tensors at input size.
+        """
         import torch
         import torch.nn.functional as F
 
-        t = torch.from_numpy(x[None]).to(self.device)
+        single = x.ndim == 3
+        t = torch.from_numpy(x[None] if single else x).to(self.device)
         Ly, Lx = x.shape[-2:]
         if rescale != 1.0:
             ny, nx = max(1, int(round(Ly * rescale))), max(1, int(round(Lx * rescale)))
@@ -237,7 +241,8 @@ class Segmenter:
         y, st = self.run_net(t, augment, tile_overlap)
         if rescale != 1.0:
             y = F.interpolate(y, size=(Ly, Lx), mode="bilinear", align_corners=False)
-        return y[0, :2].contiguous(), y[0, 2].contiguous(), st[0]
+        dP, prob = y[:, :2].contiguous(), y[:, 2].contiguous()
+        return (dP[0], prob[0], st[0]) if single else (dP, prob, st)
 
     def estimate_diameter(self, x: np.ndarray, augment: bool = False, tile_overlap: float = 0.1) -> float:
         """Cellpose's two-step size estimate: style -> diameter regression, then the median diameter of
@@ -255,12 +260,14 @@ class Segmenter:
         d1 = median_diameter(masks)
         return d1 if d1 > 0 else d0
 
-    def _segment_2d(self, x: np.ndarray, diameter: Optional[float], augment: bool, tile_overlap: float,
-                    mask_kw: Dict[str, Any], return_flows: bool) -> SegmentResult:
-        rescale = 1.0
+    def _rescale(self, diameter: Optional[float]) -> float:
         if self.kind == "unet" and diameter is not None and diameter > 0:
-            rescale = self.diam_mean / float(diameter)
-        dP, prob, st = self._flows_2d(x, rescale, augment, tile_overlap)
+            return self.diam_mean / float(diameter)
+        return 1.0
+
+    def _masks_2d(self, dP: Any, prob: Any, st: Any, rescale: float, diameter: Optional[float],
+                  mask_kw: Dict[str, Any], return_flows: bool) -> SegmentResult:
+        """Mask recovery of one image from its network outputs (runs on the core's device)."""
         kw = dict(mask_kw)
         if kw.get("niter") is None:
             kw["niter"] = int(round(200 / min(rescale, 1.0)))
@@ -270,6 +277,12 @@ class Segmenter:
             res.flows = dP.float().cpu().numpy()
             res.cellprob = prob.float().cpu().numpy()
         return res
+
+    def _segment_2d(self, x: np.ndarray, diameter: Optional[float], augment: bool, tile_overlap: float,
+                    mask_kw: Dict[str, Any], return_flows: bool) -> SegmentResult:
+        rescale = self._rescale(diameter)
+        dP, prob, st = self._flows_2d(x, rescale, augment, tile_overlap)
+        return self._masks_2d(dP, prob, st, rescale, diameter, mask_kw, return_flows)
 
     # ---- 3D -----------------------------------------------------------------------------------
     def _segment_3d(self, x: np.ndarray, diameter: Optional[float], anisotropy: Optional[float], augment: bool,
@@ -335,6 +348,24 @@ class Segmenter:
         return res
 
     # ---- public -------------------------------------------------------------------------------
+    def _prepare(self, image: ArrayLike, channel_axis: Optional[int], z_axis: Optional[int],
+                 channels: Optional[Sequence[int]], vol3: bool, normalize: bool, invert: bool) -> np.ndarray:
+        x = to_channels_first(image, channel_axis, z_axis, channels, self.nchan, vol3)
+        if normalize:
+            return normalize_percentile(x, invert=invert)
+        if not np.isfinite(x).all():
+            raise ValueError("image contains NaN or Inf")
+        return x
+
+    @staticmethod
+    def _check_options(tile_overlap: float, anisotropy: Optional[float], stitch_threshold: float) -> None:
+        if not 0.0 <= tile_overlap <= 0.5:
+            raise ValueError(f"tile_overlap must be in [0, 0.5], got {tile_overlap}")
+        if anisotropy is not None and not anisotropy > 0:
+            raise ValueError(f"anisotropy must be > 0, got {anisotropy}")
+        if stitch_threshold < 0:
+            raise ValueError("stitch_threshold must be >= 0")
+
     def segment(self, image: ArrayLike, *, channel_axis: Optional[int] = None, z_axis: Optional[int] = None,
                 channels: Optional[Sequence[int]] = None, diameter: Optional[float] = 0.0, do_3D: bool = False,
                 anisotropy: Optional[float] = None, stitch_threshold: float = 0.0, augment: bool = False,
@@ -342,18 +373,9 @@ class Segmenter:
                 flow_threshold: float = 0.4, cellprob_threshold: float = 0.0, min_size: int = 15,
                 niter: Optional[int] = None, return_flows: bool = False) -> SegmentResult:
         """Segment one image; see :func:`segment` for the parameters."""
-        if not 0.0 <= tile_overlap <= 0.5:
-            raise ValueError(f"tile_overlap must be in [0, 0.5], got {tile_overlap}")
-        if anisotropy is not None and not anisotropy > 0:
-            raise ValueError(f"anisotropy must be > 0, got {anisotropy}")
-        if stitch_threshold < 0:
-            raise ValueError("stitch_threshold must be >= 0")
+        self._check_options(tile_overlap, anisotropy, stitch_threshold)
         vol3 = do_3D or stitch_threshold > 0
-        x = to_channels_first(image, channel_axis, z_axis, channels, self.nchan, vol3)
-        if normalize:
-            x = normalize_percentile(x, invert=invert)
-        elif not np.isfinite(x).all():
-            raise ValueError("image contains NaN or Inf")
+        x = self._prepare(image, channel_axis, z_axis, channels, vol3, normalize, invert)
         mask_kw = dict(flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold, min_size=min_size,
                        niter=niter)
         if diameter is None:
@@ -377,20 +399,81 @@ class Segmenter:
             return res
         return self._segment_2d(x, diameter, augment, tile_overlap, mask_kw, return_flows)
 
-    def segment_many(self, images: Iterable[ArrayLike], **kwargs: Any) -> Iterator[SegmentResult]:
-        """Segment a stream of images, yielding results in order.
+    def segment_many(self, images: Iterable[ArrayLike], *, channel_axis: Optional[int] = None,
+                     channels: Optional[Sequence[int]] = None, diameter: Optional[float] = 0.0,
+                     augment: bool = False, tile_overlap: float = 0.1, normalize: bool = True, invert: bool = False,
+                     flow_threshold: float = 0.4, cellprob_threshold: float = 0.0, min_size: int = 15,
+                     niter: Optional[int] = None, return_flows: bool = False, **kwargs: Any
+                     ) -> Iterator[SegmentResult]:
+        """Segment a stream of 2D images for throughput, yielding results in input order.
 
-        The mask recovery of one image (native code, GIL released) overlaps the network of the next.
+        Consecutive images of the same shape are pooled so their tiles share network batches (up to
+        ``batch_size`` tiles); while the network runs on one group, a worker thread recovers the masks
+        of the previous group (native code, GIL released; on a GPU on its own CUDA stream).  Only a
+        couple of groups are held in memory, so an iterator of any length streams.  3D options
+        (``z_axis``, ``do_3D``, ``stitch_threshold``) and ``diameter=None`` fall back to one image at a
+        time.
         """
+        import torch
+
+        if kwargs.get("do_3D") or kwargs.get("stitch_threshold") or kwargs.get("z_axis") is not None \
+                or diameter is None:
+            for img in images:
+                yield self.segment(img, channel_axis=channel_axis, channels=channels, diameter=diameter,
+                                   augment=augment, tile_overlap=tile_overlap, normalize=normalize, invert=invert,
+                                   flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold,
+                                   min_size=min_size, niter=niter, return_flows=return_flows, **kwargs)
+            return
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        self._check_options(tile_overlap, None, 0.0)
+        mask_kw = dict(flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold, min_size=min_size,
+                       niter=niter)
+        rescale = self._rescale(diameter)
+        on_gpu = self.core_device == "cuda"
+        side = torch.cuda.Stream() if on_gpu else None
+
+        def finish(dP, prob, st, ready):
+            if side is None:
+                return [self._masks_2d(dP[i], prob[i], st[i], rescale, diameter, mask_kw, return_flows)
+                        for i in range(dP.shape[0])]
+            with torch.cuda.stream(side):
+                side.wait_event(ready)
+                return [self._masks_2d(dP[i], prob[i], st[i], rescale, diameter, mask_kw, return_flows)
+                        for i in range(dP.shape[0])]
+
+        def groups():
+            group: List[np.ndarray] = []
+            for img in images:
+                x = self._prepare(img, channel_axis, None, channels, False, normalize, invert)
+                if group and (x.shape != group[0].shape or len(group) >= self._group_size(x.shape)):
+                    yield np.stack(group)
+                    group = []
+                group.append(x)
+            if group:
+                yield np.stack(group)
+
         with cf.ThreadPoolExecutor(max_workers=1) as pool:
             pending: Optional[cf.Future] = None
-            for img in images:
-                fut = pool.submit(self.segment, img, **kwargs)
+            for xb in groups():
+                dP, prob, st = self._flows_2d(xb, rescale, augment, tile_overlap)
+                ready = None
+                if on_gpu:
+                    ready = torch.cuda.Event()
+                    ready.record()
+                fut = pool.submit(finish, dP, prob, st, ready)
                 if pending is not None:
-                    yield pending.result()
+                    yield from pending.result()
                 pending = fut
             if pending is not None:
-                yield pending.result()
+                yield from pending.result()
+
+    def _group_size(self, shape: Tuple[int, ...]) -> int:
+        """Images per network call so their tiles fill about one batch (at least one image)."""
+        from .core.tiles import plan_tiles
+
+        pad = [s + (-s) % 16 for s in shape[-2:]]
+        return max(1, self.batch_size // plan_tiles(pad[0], pad[1], self.bsize).count)
 
 
 def _infer_nchan(net: Any) -> int:
