@@ -215,6 +215,95 @@ def _ratios(results: List[Timing]) -> Dict[str, float]:
     return ratios
 
 
+def _bench_images(n: int, size: int, seed: int = 0) -> List[np.ndarray]:
+    """Two-channel (Y, X, 2) uint16 images of nuclei-like blobs: channel 0 cytoplasm-like, 1 nuclei."""
+    from scipy import ndimage as ndi
+
+    from .synthetic import random_labels
+    out = []
+    for i in range(n):
+        lab = random_labels((size, size), int(size * size / 1400), diameter=30, seed=seed + i)
+        rng = np.random.default_rng(seed + i)
+        cyto = ndi.gaussian_filter((lab > 0).astype(np.float32), 2) * rng.uniform(200, 800)
+        nuc = ndi.gaussian_filter(ndi.binary_erosion(lab > 0, iterations=6).astype(np.float32), 1.5) * 1000
+        img = np.stack([cyto, nuc], -1) + rng.normal(100, 20, (size, size, 2))
+        out.append(np.clip(img, 0, 65535).astype(np.uint16))
+    return out
+
+
+def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 1080, repeats: int = 2,
+                  device: str = "auto", precision: str = "auto", batch_size: int = 8,
+                  cellpose: bool = True) -> Dict[str, Any]:
+    """End-to-end ``segment`` throughput on two-channel images (and Cellpose 3's ``CellposeModel.eval``
+    with the same network weights when ``cellpose<4`` is importable)."""
+    import tempfile
+
+    import torch
+
+    from .models import UNet, load_model
+    from .segment import Segmenter
+
+    tmpdir = tempfile.mkdtemp(prefix="fastpose-bench-")
+    if model is None:
+        torch.manual_seed(0)
+        net = UNet()
+        path = os.path.join(tmpdir, "cpnet_random.pth")
+        torch.save(net.state_dict(), path)  # a Cellpose-format file both packages read
+        log.warning("no --model given: timing a randomly initialised full-width U-Net")
+    else:
+        net, _ = load_model(model)
+        path = os.path.join(tmpdir, "cpnet.pth")
+        torch.save({k: v.float() for k, v in net.state_dict().items()}, path)
+    imgs = _bench_images(n_images, size)
+    seg = Segmenter(path, device=device, precision=precision, batch_size=batch_size)
+    dev = seg.core_device
+    sync = torch.cuda.synchronize if seg.device.type == "cuda" else None
+    kw = dict(channel_axis=-1, channels=[0, 1], diameter=seg.diam_mean)
+    results: List[Timing] = []
+    t = time_call("segment_many[e2e]", seg.device.type, lambda: list(seg.segment_many(imgs, **kw)), repeats, sync)
+    t.extra["images_per_s"] = n_images / t.median_s
+    t.extra["megapixels_per_s"] = n_images * size * size / 1e6 / t.median_s
+    results.append(t)
+    r = seg.segment(imgs[0], return_flows=True, **kw)
+    x = seg._prepare(imgs[0], -1, None, [0, 1], False, True, False)
+    results.append(time_call("normalise[1 image]", "cpu", lambda: seg._prepare(imgs[0], -1, None, [0, 1], False,
+                                                                               True, False), repeats))
+    results.append(time_call("network+blend[1 image]", seg.device.type,
+                             lambda: seg._flows_2d(x, 1.0, False, 0.1), repeats, sync))
+    import fastpose.core as fc
+    with fc.use_backend(dev):
+        results.append(time_call("compute_masks[1 image]", dev,
+                                 lambda: fc.compute_masks(r.flows, r.cellprob), repeats, sync))
+    info = {"images": n_images, "size": size, "model": model or "random full-width U-Net",
+            "masks_first_image": int(r.masks.max()), "precision": seg.precision, "batch_size": batch_size}
+    if cellpose:
+        results += _bench_cellpose_eval(path, imgs, seg.device.type == "cuda", repeats)
+    ours = results[0].median_s
+    ratios = {f"segment vs {t.name}": t.median_s / ours for t in results if t.name.startswith("cellpose.")}
+    return {"machine": machine_header(), "inputs": {"segment": info}, "timings": [asdict(t) for t in results],
+            "ratios": ratios}
+
+
+def _bench_cellpose_eval(path: str, imgs: List[np.ndarray], gpu: bool, repeats: int) -> List[Timing]:
+    try:
+        import torch
+        from cellpose import models as cpmodels
+    except Exception:  # noqa: BLE001
+        log.info("cellpose not importable: skipping the side-by-side comparison")
+        return []
+    m = cpmodels.CellposeModel(gpu=gpu, pretrained_model=path)
+    sync = torch.cuda.synchronize if gpu else None
+    diam = float(m.diam_mean)
+
+    def run():
+        for img in imgs:
+            m.eval(img, channels=[1, 2], channel_axis=-1, diameter=diam, flow_threshold=0.4,
+                   cellprob_threshold=0.0)
+    t = time_call("cellpose.CellposeModel.eval[e2e]", "cuda" if gpu else "cpu", run, max(1, repeats - 1), sync)
+    t.extra["images_per_s"] = len(imgs) / t.median_s
+    return [t]
+
+
 def _print_table(res: Dict[str, Any]) -> None:
     m = res["machine"]
     print("# " + ", ".join(f"{k}={v}" for k, v in m.items()))
@@ -225,6 +314,9 @@ def _print_table(res: Dict[str, Any]) -> None:
         pm = "" if t["peak_mem_mb"] is None or t["device"] != "cpu" else f"{t['peak_mem_mb']:.0f}"
         print(f"{t['name']:40s} {t['device']:6s} {1e3 * t['median_s']:10.1f} {1e3 * t['min_s']:9.1f} "
               f"{1e3 * t['max_s']:9.1f} {pm:>8s}")
+    for t in res["timings"]:
+        if t.get("extra"):
+            print(f"{t['name']}: " + ", ".join(f"{k}={v:.3g}" for k, v in t["extra"].items()))
     for k, v in res["ratios"].items():
         print(f"speed-up vs cellpose {k}: {v:.1f}x")
 
@@ -243,10 +335,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--3d", dest="do3d", action="store_true", help="also time a 3D volume (96x256x256)")
     c.add_argument("--no-cellpose", action="store_true", help="skip the side-by-side Cellpose timings")
     c.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    g = sub.add_parser("segment", help="end-to-end segmentation throughput on 1080x1080 two-channel images")
+    g.add_argument("--model", default=None, help="model file or name (default: random full-width U-Net)")
+    g.add_argument("--images", type=int, default=4, help="images per timed run (default 4)")
+    g.add_argument("--size", type=int, default=1080, help="image side (default 1080)")
+    g.add_argument("--repeats", type=int, default=2, help="timed runs after a warm-up (default 2)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--no-cellpose", action="store_true", help="skip Cellpose 3's CellposeModel.eval")
+    g.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    devices = None if args.device == "auto" else [args.device]
-    res = bench_core(args.size, args.cells, args.diameter, args.repeats, devices, not args.no_cellpose, args.do3d)
+    if args.cmd == "segment":
+        res = bench_segment(args.model, args.images, args.size, args.repeats, args.device, args.precision,
+                            args.batch_size, not args.no_cellpose)
+    else:
+        devices = None if args.device == "auto" else [args.device]
+        res = bench_core(args.size, args.cells, args.diameter, args.repeats, devices, not args.no_cellpose,
+                         args.do3d)
     _print_table(res)
     if args.json:
         tmp = args.json + ".tmp"
