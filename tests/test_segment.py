@@ -155,3 +155,13 @@ def test_segment_many_pools_and_matches_one_by_one(tiny_model_file):
         one = seg.segment(img, return_flows=True)
         np.testing.assert_allclose(r.flows, one.flows, atol=1e-4)
         np.testing.assert_array_equal(r.masks, one.masks)
+
+
+def test_vit_small_images_are_padded_to_the_tile():
+    from fastpose.models import ViT
+    torch.manual_seed(0)
+    net = ViT.from_preset("vit_t")
+    net.fastpose_meta = {"arch": {"type": "vit"}, "nchan": 3}
+    r = Segmenter(net, device="cpu").segment(np.random.default_rng(0).random((90, 300)).astype(np.float32),
+                                            return_flows=True)
+    assert r.masks.shape == (90, 300) and r.flows.shape == (2, 90, 300)

@@ -2,6 +2,7 @@
 
 Subcommands:
   segment  segment images (files, folders, globs) with a model; write masks and other outputs to --out
+  train    train or fine-tune a model on *_img.tif / *_masks.tif folders
   info     what this installation can do (version, backend, CUDA, where the C++ package lives)
   demo     run the native core on the bundled sample: flow targets from its masks -> compute_masks ->
            write ``*_masks.tif`` and report how well the masks came back
@@ -203,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip images whose *_masks.tif already exists in --out (resume)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_segment)
+    from .train.cli import add_parser as _add_train
+    _add_train(sub)
     s = sub.add_parser("info", help="show version, backend and CUDA support")
     s.set_defaults(func=_cmd_info)
     s = sub.add_parser("demo", help="run the native core on the bundled sample image's masks",

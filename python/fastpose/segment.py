@@ -172,7 +172,7 @@ class Segmenter:
         arch = self.metas[0].get("arch", {}) or {}
         self.kind = arch.get("type", "unet")
         self.nchan = int(self.metas[0].get("nchan") or _infer_nchan(self.nets[0]))
-        self.bsize = 256 if self.kind == "vit" else 224
+        self.bsize = int(getattr(self.nets[0], "img_size", 256)) if self.kind == "vit" else 224
         self.diam_mean = float(self.metas[0].get("diam_mean") or getattr(self.nets[0], "diam_mean_value", 30.0))
         self.size_model = self.metas[0].get("size_model")
 
@@ -187,8 +187,11 @@ class Segmenter:
         import torch.nn.functional as F
 
         B, C, Ly, Lx = imgs.shape
-        # the U-Net halves the resolution three times: pad to a multiple of 16 (Cellpose does the same)
+        # the U-Net halves the resolution three times: pad to a multiple of 16 (Cellpose does the same);
+        # the ViT takes tiles of exactly its input size: pad smaller images up to it
         py, px = (-Ly) % 16, (-Lx) % 16
+        if self.kind == "vit":
+            py, px = max(0, self.bsize - Ly), max(0, self.bsize - Lx)
         core_dev = torch.device("cuda") if self.core_device == "cuda" else torch.device("cpu")
         x = imgs.to(core_dev)
         if py or px:
