@@ -1,0 +1,174 @@
+"""follow_flows: Euler tracking against a plain NumPy reference, analytic cases, bad inputs, CPU/GPU parity."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+import fastpose.core as fc
+
+F32 = np.float32
+
+
+def reference_follow_flows(dP: np.ndarray, mask: np.ndarray, niter: int) -> np.ndarray:
+    """Straightforward float32 port of the stepping rule (same operation order as the C++ code)."""
+    shape = mask.shape
+    nd = len(shape)
+    ext = np.array(shape, np.int64)[:, None]
+    grid = np.indices(shape).astype(F32)
+    out = grid.copy()
+    sel = np.nonzero(mask)
+    p = np.stack([grid[a][sel] for a in range(nd)])  # (nd, K)
+    flows = np.where(mask[None] != 0, dP, F32(0)).astype(F32)
+    one = F32(1)
+
+    def lerp(a, b, w):
+        return (one - w) * a + w * b
+
+    for _ in range(niter):
+        i0 = np.floor(p).astype(np.int64)
+        i1 = np.minimum(i0 + 1, ext - 1)
+        w = (p - i0.astype(F32)).astype(F32)
+        corner = {}
+        for bits in itertools.product((0, 1), repeat=nd):
+            idx = tuple(np.where(bits[a], i1[a], i0[a]) for a in range(nd))
+            corner[bits] = flows[(slice(None),) + idx]  # (nd, K)
+        # innermost axis first (x), then y, then z
+        vals = corner
+        for a in reversed(range(nd)):
+            vals = {k[:-1]: lerp(vals[k[:-1] + (0,)], vals[k[:-1] + (1,)], w[a])
+                    for k in vals if k[-1] == 0}
+        v = vals[()]
+        moving = np.any(v != 0, axis=0)
+        newp = np.clip(p + v / F32(5), F32(0), (ext - 1).astype(F32)).astype(F32)
+        p = np.where(moving[None], newp, p)
+    for a in range(nd):
+        out[a][sel] = p[a]
+    return out
+
+
+def smooth_flows(shape, seed, scale=5.0):
+    rng = np.random.default_rng(seed)
+    f = np.stack([ndi.gaussian_filter(rng.normal(size=shape), 3.0) for _ in shape])
+    f *= scale / (np.abs(f).max() + 1e-9)
+    return f.astype(F32)
+
+
+def centre_flows(shape, centre):
+    grid = np.indices(shape).astype(F32)
+    d = np.asarray(centre, F32).reshape((-1,) + (1,) * len(shape)) - grid
+    r = np.sqrt((d ** 2).sum(0))
+    return (5 * d / np.maximum(r, 1e-6)).astype(F32), r
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (12, 20, 24)])
+def test_matches_reference_smooth(device, shape):
+    dP = smooth_flows(shape, 3)
+    rng = np.random.default_rng(4)
+    mask = ndi.gaussian_filter(rng.normal(size=shape), 2.0) > -0.05
+    got = fc.follow_flows(dP, mask, niter=60)
+    ref = reference_follow_flows(dP, mask, 60)
+    assert got.dtype == np.float32 and got.shape == (len(shape), *shape)
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shape,centre", [((48, 40), (20.3, 17.6)), ((20, 24, 22), (9.6, 11.2, 10.7))])
+def test_converges_to_centre(device, shape, centre):
+    dP, r = centre_flows(shape, centre)
+    mask = r < 9
+    pos = fc.follow_flows(dP, mask, niter=200)
+    pts = pos[:, mask]
+    dist = np.sqrt(((pts - np.asarray(centre, F32)[:, None]) ** 2).sum(0))
+    assert dist.max() < 1.5
+    np.testing.assert_allclose(pos, reference_follow_flows(dP, mask, 200), atol=1e-4, rtol=0)
+    # untracked pixels keep their own coordinates
+    grid = np.indices(shape).astype(F32)
+    np.testing.assert_array_equal(pos[:, ~mask], grid[:, ~mask])
+
+
+def test_flows_outside_mask_are_ignored(device):
+    shape = (30, 30)
+    dP, r = centre_flows(shape, (14.5, 15.5))
+    mask = r < 8
+    noisy = dP.copy()
+    noisy[:, ~mask] = 1000.0
+    np.testing.assert_array_equal(fc.follow_flows(noisy, mask, 100), fc.follow_flows(dP, mask, 100))
+
+
+def test_niter_zero_and_empty_mask(device):
+    shape = (17, 23)
+    dP = smooth_flows(shape, 5)
+    grid = np.indices(shape).astype(F32)
+    np.testing.assert_array_equal(fc.follow_flows(dP, np.ones(shape, bool), niter=0), grid)
+    np.testing.assert_array_equal(fc.follow_flows(dP, np.zeros(shape, np.uint8), niter=50), grid)
+
+
+@pytest.mark.parametrize("shape", [(25, 31), (7, 9, 11)])
+def test_positions_stay_inside(device, shape):
+    rng = np.random.default_rng(7)
+    dP = (rng.normal(size=(len(shape), *shape)) * 200).astype(F32)
+    pos = fc.follow_flows(dP, np.ones(shape, bool), niter=30)
+    for a, n in enumerate(shape):
+        assert pos[a].min() >= 0 and pos[a].max() <= n - 1
+    np.testing.assert_allclose(pos, reference_follow_flows(dP, np.ones(shape, bool), 30), atol=1e-4, rtol=0)
+
+
+def test_tiny_and_empty_images(device):
+    one = fc.follow_flows(np.full((2, 1, 1), 3.0, F32), np.ones((1, 1), bool), 10)
+    np.testing.assert_array_equal(one, np.zeros((2, 1, 1), F32))
+    empty = fc.follow_flows(np.zeros((2, 0, 5), F32), np.zeros((0, 5), bool), 10)
+    assert empty.shape == (2, 0, 5)
+
+
+def test_torch_input_gives_tensor():
+    torch = pytest.importorskip("torch")
+    shape = (20, 20)
+    dP, r = centre_flows(shape, (9.5, 10.5))
+    mask = r < 6
+    with fc.use_backend("cpu"):
+        out = fc.follow_flows(torch.from_numpy(dP), torch.from_numpy(mask), 50)
+        ref = fc.follow_flows(dP, mask, 50)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_bad_inputs():
+    shape = (10, 12)
+    dP = np.zeros((2, *shape), F32)
+    mask = np.ones(shape, bool)
+    with pytest.raises(ValueError, match="dP must have shape"):
+        fc.follow_flows(dP[:, :, :-1], mask)
+    with pytest.raises(ValueError, match="dP must have shape"):
+        fc.follow_flows(np.zeros((3, *shape), F32), mask)
+    with pytest.raises(ValueError, match="dP must have shape"):
+        fc.follow_flows(dP, np.ones((10, 13), bool))
+    with pytest.raises(ValueError, match="mask must be"):
+        fc.follow_flows(dP[0, 0], mask[0])
+    with pytest.raises(ValueError, match="mask must be a bool or integer"):
+        fc.follow_flows(dP, mask.astype(F32))
+    bad = dP.copy()
+    bad[1, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fc.follow_flows(bad, mask)
+    bad[1, 3, 4] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fc.follow_flows(bad, mask)
+    with pytest.raises(ValueError, match="niter"):
+        fc.follow_flows(dP, mask, niter=-1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(96, 80), (20, 32, 28)])
+def test_cpu_cuda_parity(shape):
+    dP = smooth_flows(shape, 11)
+    rng = np.random.default_rng(12)
+    mask = ndi.gaussian_filter(rng.normal(size=shape), 2.0) > -0.1
+    with fc.use_backend("cpu"):
+        a = fc.follow_flows(dP, mask, 200)
+    with fc.use_backend("cuda"):
+        b = fc.follow_flows(dP, mask, 200)
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    assert np.array_equal(a, b), "positions differ bitwise between CPU and CUDA"
