@@ -28,8 +28,9 @@ def test_cpp_consumer_builds_and_passes(tmp_path: Path) -> None:
         pytest.fail(f"installed package lacks {cfg}: find_package(fastpose) would fail")
     build = tmp_path / "build"
     env = dict(os.environ)
-    subprocess.run(["cmake", "-S", str(HERE / "cpp"), "-B", str(build), f"-Dfastpose_DIR={cfg.parent}",
-                    "-DCMAKE_BUILD_TYPE=Release"], check=True, capture_output=True, text=True, env=env)
+    r = subprocess.run(["cmake", "-S", str(HERE / "cpp"), "-B", str(build), f"-Dfastpose_DIR={cfg.parent}",
+                        "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     exe = build / "fastpose_cpp_tests"
