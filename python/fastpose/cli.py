@@ -171,11 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     s.add_argument("--out", required=True, help="output folder (created if missing)")
     s.add_argument("--model", default="nuclei",
-                   help="bundled model name or model file (fastpose or Cellpose checkpoint); default: nuclei")
-    s.add_argument("--diameter", type=float, default=0.0,
-                   help="typical cell diameter in pixels; 0 (default) = no resizing")
-    s.add_argument("--estimate-diameter", dest="diameter", action="store_const", const=None,
-                   help="estimate the diameter with the model's size model")
+                   help="bundled model (nuclei: one channel, trained on DSB 2018; cyto: cells + optional "
+                        "nuclear channel, trained on synthetic images) or a model file (fastpose or Cellpose "
+                        "checkpoint); default: nuclei")
+    s.add_argument("--diameter", type=float, default=None,
+                   help="typical cell diameter in pixels; default: estimated with the model's size model "
+                        "(no resizing for models without one); 0 = no resizing")
     s.add_argument("--channels", type=int, nargs="+", default=None, metavar="C",
                    help="0-based input channels fed to the network, in order (default: the first ones)")
     s.add_argument("--channel-axis", type=int, default=None, help="axis of the channels (default: none)")

@@ -251,7 +251,7 @@ class Segmenter:
         """Cellpose's two-step size estimate: style -> diameter regression, then the median diameter of
         a first segmentation at that size.  Needs a model file with a size model."""
         if not self.size_model:
-            raise ValueError("this model has no size model: pass diameter= (or diameter=0 for no resizing)")
+            raise ValueError("this model has no size model: pass diameter= (or 0 for no resizing)")
         _, _, st = self._flows_2d(x, 1.0, augment, tile_overlap)
         sm = self.size_model
         s = st.detach().float().cpu().numpy()
@@ -370,7 +370,7 @@ class Segmenter:
             raise ValueError("stitch_threshold must be >= 0")
 
     def segment(self, image: ArrayLike, *, channel_axis: Optional[int] = None, z_axis: Optional[int] = None,
-                channels: Optional[Sequence[int]] = None, diameter: Optional[float] = 0.0, do_3D: bool = False,
+                channels: Optional[Sequence[int]] = None, diameter: Optional[float] = None, do_3D: bool = False,
                 anisotropy: Optional[float] = None, stitch_threshold: float = 0.0, augment: bool = False,
                 tile_overlap: float = 0.1, normalize: bool = True, invert: bool = False,
                 flow_threshold: float = 0.4, cellprob_threshold: float = 0.0, min_size: int = 15,
@@ -382,8 +382,8 @@ class Segmenter:
         mask_kw = dict(flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold, min_size=min_size,
                        niter=niter)
         if diameter is None:
-            if self.kind == "vit":
-                diameter = 0.0
+            if self.kind == "vit" or not self.size_model:
+                diameter = 0.0  # ViTs need no diameter; without a size model: no resizing
             else:
                 plane = x if x.ndim == 3 else x[:, x.shape[1] // 2]
                 diameter = self.estimate_diameter(plane, augment, tile_overlap)
@@ -403,7 +403,7 @@ class Segmenter:
         return self._segment_2d(x, diameter, augment, tile_overlap, mask_kw, return_flows)
 
     def segment_many(self, images: Iterable[ArrayLike], *, channel_axis: Optional[int] = None,
-                     channels: Optional[Sequence[int]] = None, diameter: Optional[float] = 0.0,
+                     channels: Optional[Sequence[int]] = None, diameter: Optional[float] = None,
                      augment: bool = False, tile_overlap: float = 0.1, normalize: bool = True, invert: bool = False,
                      flow_threshold: float = 0.4, cellprob_threshold: float = 0.0, min_size: int = 15,
                      niter: Optional[int] = None, return_flows: bool = False, **kwargs: Any
@@ -419,6 +419,8 @@ class Segmenter:
         """
         import torch
 
+        if diameter is None and (self.kind == "vit" or not self.size_model):
+            diameter = 0.0
         if kwargs.get("do_3D") or kwargs.get("stitch_threshold") or kwargs.get("z_axis") is not None \
                 or diameter is None:
             for img in images:
@@ -565,7 +567,8 @@ def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei"
         is zero.
     diameter : float or None
         Typical cell diameter in pixels; the image is resized so cells match the model's training size.
-        0 (default) means no resizing; None estimates it with the model's size model (U-Net models).
+        None (default) estimates it with the model's size model (U-Net model files that have one; Cellpose's
+        two-step estimate), and means no resizing for models without one and for ViTs; 0: no resizing.
     do_3D : bool
         Run the 2D network on XY, ZY and ZX slices, average the flows and track in 3D.
     anisotropy : float, optional

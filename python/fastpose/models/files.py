@@ -58,7 +58,15 @@ FORMAT_VERSION = 1
 
 #: Built-in model name -> file path (or a zero-argument callable returning one, e.g. a downloader).
 #: Empty for now; bundled weights are registered here by other modules.
-BUILTIN_MODELS: Dict[str, Union[str, os.PathLike, Callable[[], Union[str, os.PathLike]]]] = {}
+_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+#: Models shipped in the wheel (``fastpose/weights/``; each has a JSON card beside it saying how it was
+#: trained and how it scored): ``nuclei`` (DSB 2018 nuclei, one channel, diam_mean 17) and ``cyto``
+#: (cells with an optional nuclear channel, trained on synthetic images only, diam_mean 30).
+BUILTIN_MODELS: Dict[str, Union[str, os.PathLike, Callable[[], Union[str, os.PathLike]]]] = {
+    "nuclei": _WEIGHTS / "nuclei.pth",
+    "cyto": _WEIGHTS / "cyto.pth",
+}
 
 #: Cellpose's default input normalisation: per channel, 1st -> 0 and 99th percentile -> 1.
 DEFAULT_NORMALIZE: Dict[str, Any] = {"lower": 1.0, "upper": 99.0, "invert": False}
