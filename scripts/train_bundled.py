@@ -28,7 +28,7 @@ import torch
 from fastpose.io import read_image, sample_paths
 from fastpose.metrics import average_precision
 from fastpose.models import UNet, save_model
-from fastpose.segment import Segmenter
+from fastpose.pipeline import Segmenter
 from fastpose.train.augment import augment_sample
 from fastpose.train.data import from_arrays
 from fastpose.train.loop import seg_loss

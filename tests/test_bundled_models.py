@@ -12,7 +12,7 @@ import pytest
 from fastpose.io import read_image, sample_paths
 from fastpose.metrics import average_precision
 from fastpose.models import BUILTIN_MODELS, load_model
-from fastpose.segment import Segmenter
+from fastpose.pipeline import Segmenter
 
 
 @pytest.mark.parametrize("name", ["nuclei", "cyto"])

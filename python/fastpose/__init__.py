@@ -1,15 +1,35 @@
-"""fastpose: fast Cellpose-family cell segmentation with a compiled C++/CUDA core."""
+"""fastpose: fast Cellpose-family cell segmentation with a compiled C++/CUDA core.
+
+>>> import fastpose
+>>> res = fastpose.segment(image, model="nuclei")   # res.masks: uint16 labels
+
+``fastpose.core`` holds the native operations (flows, tracking, clustering, QC, tiles);
+``fastpose.models`` the networks and model files; ``fastpose.train`` training; ``fastpose.metrics``
+the scores.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 
 __version__: str = _core.version()
 
 logging.getLogger("fastpose").addHandler(logging.NullHandler())
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import SegmentResult, Segmenter, segment
+
+
+def __getattr__(name: str) -> Any:
+    # the pipeline imports PyTorch: load it on first use, so `import fastpose` stays light
+    if name in ("segment", "Segmenter", "SegmentResult"):
+        import importlib
+        return getattr(importlib.import_module("fastpose.pipeline"), name)
+    raise AttributeError(f"module 'fastpose' has no attribute {name!r}")
 
 
 def cmake_dir() -> str:
@@ -22,4 +42,4 @@ def include_dir() -> str:
     return str(Path(__file__).resolve().parent / "include")
 
 
-__all__ = ["__version__", "cmake_dir", "include_dir"]
+__all__ = ["__version__", "cmake_dir", "include_dir", "segment", "Segmenter", "SegmentResult"]

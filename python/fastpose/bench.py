@@ -241,7 +241,7 @@ def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 10
     import torch
 
     from .models import UNet, load_model
-    from .segment import Segmenter
+    from .pipeline import Segmenter
 
     tmpdir = tempfile.mkdtemp(prefix="fastpose-bench-")
     if model is None:

@@ -109,7 +109,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     from .io import read_image
     from .outputs import write_outputs
-    from .segment import Segmenter
+    from .pipeline import Segmenter
 
     kinds = [k.strip() for k in args.save.split(",") if k.strip()]
     files = find_inputs(args.inputs, args.recursive)

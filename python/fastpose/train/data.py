@@ -80,7 +80,7 @@ def compute_flow_targets(masks: np.ndarray) -> np.ndarray:
 
 
 def _median_diameter(masks: np.ndarray) -> float:
-    from ..segment import median_diameter
+    from ..pipeline import median_diameter
 
     return median_diameter(masks)
 
@@ -158,7 +158,7 @@ def cached_flows(masks: np.ndarray, cache_file: Optional[Path]) -> Tuple[np.ndar
 
 def _add(data: TrainData, name: str, img: np.ndarray, masks: np.ndarray, nchan: int, normalize: bool,
          min_masks: int, channel_axis: Optional[int], cache_file: Optional[Path]) -> None:
-    from ..segment import normalize_percentile
+    from ..pipeline import normalize_percentile
 
     lab = renumber(masks)
     if lab.ndim != 2:

@@ -134,7 +134,7 @@ def evaluate_ap(model: nn.Module, data: TrainData, device: Union[str, torch.devi
     """AP at IoU ``threshold`` of each image of ``data``, segmented with the model at the image's label
     diameter (images are already normalised)."""
     from ..metrics import average_precision
-    from ..segment import Segmenter
+    from ..pipeline import Segmenter
 
     tmp_meta = not getattr(model, "fastpose_meta", None) and hasattr(model, "arch")
     if tmp_meta:  # tells the Segmenter the architecture (tile size) of a bare network
@@ -213,7 +213,7 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
         tile: crop side (default 224 for the U-Net, the ViT's ``img_size``).
         scale_range: random scale factor in ``1 +- scale_range/2``; rescale: first scale every image so
             its median cell diameter becomes the model's ``diam_mean`` (default: yes for a U-Net, no for a
-            ViT, matching :class:`~fastpose.segment.Segmenter`, which resizes only for U-Nets).
+            ViT, matching :class:`~fastpose.pipeline.Segmenter`, which resizes only for U-Nets).
         sam_augment: add Cellpose-SAM's photometric augmentations.
         min_masks, cache_dir: see :func:`fastpose.train.data.load_folder`.
         val_every: validate (AP@0.5) every this many epochs and after the last one.

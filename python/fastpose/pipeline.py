@@ -19,7 +19,7 @@ import numpy as np
 
 import fastpose.core as fc
 
-log = logging.getLogger("fastpose.segment")
+log = logging.getLogger("fastpose.pipeline")
 
 ArrayLike = Any
 

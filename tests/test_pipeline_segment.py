@@ -12,7 +12,7 @@ import torch
 import fastpose.core as fc
 from conftest import cellprob_from_labels
 from fastpose.models import UNet, save_model
-from fastpose.segment import Segmenter, segment, stitch3D, to_channels_first
+from fastpose.pipeline import Segmenter, segment, stitch3D, to_channels_first
 from fastpose.synthetic import random_labels
 from test_pipeline import matched_ap
 
