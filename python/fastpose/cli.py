@@ -124,7 +124,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
               diameter=None if args.diameter is None else args.diameter, do_3D=args.do_3d,
               anisotropy=args.anisotropy, stitch_threshold=args.stitch_threshold, augment=args.augment,
               flow_threshold=args.flow_threshold, cellprob_threshold=args.cellprob_threshold,
-              min_size=args.min_size, niter=args.niter, normalize=not args.no_norm, invert=args.invert,
+              min_size=args.min_size, niter=args.niter, invert=args.invert,
+              normalize=False if args.no_norm else ("tile" if args.tile_norm else True),
               return_flows="seg_npy" in kinds)
     done = skipped = 0
     failed: List[str] = []
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-size", type=int, default=15, help="smallest mask kept, pixels (default 15)")
     s.add_argument("--niter", type=int, default=None, help="Euler steps (default 200 at the model scale)")
     s.add_argument("--no-norm", action="store_true", help="skip 1st/99th percentile normalisation")
+    s.add_argument("--tile-norm", action="store_true",
+                   help="normalise per block of ~128 px (uneven illumination) instead of per image")
     s.add_argument("--invert", action="store_true", help="invert intensities after normalisation")
     s.add_argument("--batch-size", type=int, default=8, help="tiles per network batch (default 8)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",

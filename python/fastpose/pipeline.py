@@ -116,6 +116,43 @@ def normalize_percentile(x: np.ndarray, lower: float = 1.0, upper: float = 99.0,
     return x
 
 
+def normalize_tiles(x: np.ndarray, blocksize: int = 128, lower: float = 1.0, upper: float = 99.0,
+                    invert: bool = False) -> np.ndarray:
+    """Tile-wise percentile normalisation for unevenly lit images (Cellpose's ``tile_norm_blocksize``).
+
+    The last two axes are cut into blocks of about ``blocksize`` pixels; each block's ``lower``/``upper``
+    percentiles form coarse maps that are smoothly (bilinearly) resized to the image and used in place of the
+    global percentiles of :func:`normalize_percentile`.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if blocksize < 8:
+        raise ValueError(f"tile normalisation block size must be >= 8, got {blocksize}")
+    x = x.astype(np.float32, copy=True)
+    if not np.isfinite(x).all():
+        raise ValueError("image contains NaN or Inf")
+    Ly, Lx = x.shape[-2:]
+    ny, nx = max(1, round(Ly / blocksize)), max(1, round(Lx / blocksize))
+    ys = np.linspace(0, Ly, ny + 1).astype(int)
+    xs = np.linspace(0, Lx, nx + 1).astype(int)
+    flat = x.reshape(-1, Ly, Lx)
+    for c in range(flat.shape[0]):
+        lo = np.zeros((ny, nx), np.float32)
+        hi = np.zeros((ny, nx), np.float32)
+        for j in range(ny):
+            for i in range(nx):
+                lo[j, i], hi[j, i] = np.percentile(flat[c, ys[j]:ys[j + 1], xs[i]:xs[i + 1]], [lower, upper])
+        maps = torch.from_numpy(np.stack([lo, hi]))[None]
+        maps = F.interpolate(maps, size=(Ly, Lx), mode="bilinear", align_corners=False)[0].numpy()
+        rng = maps[1] - maps[0]
+        ok = rng > 1e-6
+        flat[c] = np.where(ok, (flat[c] - maps[0]) / np.where(ok, rng, 1.0), 0.0)
+        if invert:
+            flat[c] = 1.0 - flat[c]
+    return flat.reshape(x.shape)
+
+
 # --------------------------------------------------------------------------------------------------
 # The segmenter
 # --------------------------------------------------------------------------------------------------
@@ -352,8 +389,10 @@ class Segmenter:
 
     # ---- public -------------------------------------------------------------------------------
     def _prepare(self, image: ArrayLike, channel_axis: Optional[int], z_axis: Optional[int],
-                 channels: Optional[Sequence[int]], vol3: bool, normalize: bool, invert: bool) -> np.ndarray:
+                 channels: Optional[Sequence[int]], vol3: bool, normalize: Union[bool, str], invert: bool) -> np.ndarray:
         x = to_channels_first(image, channel_axis, z_axis, channels, self.nchan, vol3)
+        if normalize == "tile":
+            return normalize_tiles(x, invert=invert)
         if normalize:
             return normalize_percentile(x, invert=invert)
         if not np.isfinite(x).all():
@@ -372,7 +411,7 @@ class Segmenter:
     def segment(self, image: ArrayLike, *, channel_axis: Optional[int] = None, z_axis: Optional[int] = None,
                 channels: Optional[Sequence[int]] = None, diameter: Optional[float] = None, do_3D: bool = False,
                 anisotropy: Optional[float] = None, stitch_threshold: float = 0.0, augment: bool = False,
-                tile_overlap: float = 0.1, normalize: bool = True, invert: bool = False,
+                tile_overlap: float = 0.1, normalize: Union[bool, str] = True, invert: bool = False,
                 flow_threshold: float = 0.4, cellprob_threshold: float = 0.0, min_size: int = 15,
                 niter: Optional[int] = None, return_flows: bool = False) -> SegmentResult:
         """Segment one image; see :func:`segment` for the parameters."""
@@ -404,7 +443,7 @@ class Segmenter:
 
     def segment_many(self, images: Iterable[ArrayLike], *, channel_axis: Optional[int] = None,
                      channels: Optional[Sequence[int]] = None, diameter: Optional[float] = None,
-                     augment: bool = False, tile_overlap: float = 0.1, normalize: bool = True, invert: bool = False,
+                     augment: bool = False, tile_overlap: float = 0.1, normalize: Union[bool, str] = True, invert: bool = False,
                      flow_threshold: float = 0.4, cellprob_threshold: float = 0.0, min_size: int = 15,
                      niter: Optional[int] = None, return_flows: bool = False, **kwargs: Any
                      ) -> Iterator[SegmentResult]:
@@ -579,8 +618,11 @@ def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei"
         Flip test-time augmentation with 50% tile overlap.
     tile_overlap : float
         Tile overlap fraction without ``augment`` (default 0.1).
-    normalize, invert : bool
-        Percentile normalisation (1st/99th) per channel; invert intensities after it.
+    normalize : bool or "tile"
+        Percentile normalisation (1st/99th) per channel (True), per block of ~128 pixels smoothly
+        interpolated, for unevenly lit images ("tile"), or none (False).
+    invert : bool
+        Invert intensities after normalisation.
     flow_threshold, cellprob_threshold, min_size, niter
         Mask recovery settings (see :func:`fastpose.core.compute_masks`); niter None: 200 at the model's
         scale.

@@ -81,7 +81,8 @@ int main() {
     Shape s;
     auto lab = two_discs(s);
     const int64_t n = s.numel();
-    std::vector<float> dP(size_t(2 * n)), prob(size_t(n));
+    std::vector<float> dP(static_cast<size_t>(2 * n));
+    std::vector<float> prob(static_cast<size_t>(n));
     masks_to_flows(lab.data(), s, dP.data(), cpu);
     for (auto& v : dP) v *= 5.0f;
     for (int64_t i = 0; i < n; ++i) prob[size_t(i)] = lab[size_t(i)] ? 5.0f : -5.0f;
