@@ -89,3 +89,13 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path):
 def test_unknown_output_kind(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown output kind"):
         write_outputs(tmp_path, "x", ["jpeg"], np.zeros((4, 4)), np.zeros((4, 4), np.uint16))
+
+
+def test_outputs_get_normal_permissions(tmp_path: Path):
+    import os
+    mask = os.umask(0o022)
+    try:
+        p = write_tiff_atomic(tmp_path / "m.tif", np.ones((3, 3), np.uint16))
+        assert (p.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(mask)

@@ -27,6 +27,13 @@ def read_image(path: PathLike) -> np.ndarray:
         raise ValueError(f"{p}: cannot read image ({type(e).__name__}: {e})") from None
 
 
+def file_mode() -> int:
+    """Permissions a plainly created file would get (0666 less the umask); temp files start at 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_tiff_atomic(path: PathLike, data: np.ndarray, compression: str = "zlib") -> Path:
     """Write ``data`` to ``path`` as TIFF via a temporary file in the same folder, then rename.
 
@@ -43,6 +50,7 @@ def write_tiff_atomic(path: PathLike, data: np.ndarray, compression: str = "zlib
             tifffile.imwrite(f, data, compression=compression)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, p)
     except BaseException:
         try:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .io import write_tiff_atomic
+from .io import file_mode, write_tiff_atomic
 
 OUTPUT_KINDS = ("masks", "outlines_png", "outlines_txt", "rois", "seg_npy", "csv")
 
@@ -34,6 +34,7 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

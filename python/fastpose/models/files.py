@@ -194,6 +194,9 @@ def save_model(path: PathLike, model: nn.Module, meta: Optional[Mapping[str, Any
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         try:
