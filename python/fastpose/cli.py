@@ -3,6 +3,7 @@
 Subcommands:
   segment  segment images (files, folders, globs) with a model; write masks and other outputs to --out
   train    train or fine-tune a model on *_img.tif / *_masks.tif folders
+  export   export a model to ONNX (optionally checked against PyTorch) and/or build a TensorRT engine
   info     what this installation can do (version, backend, CUDA, where the C++ package lives)
   demo     run the native core on the bundled sample: flow targets from its masks -> compute_masks ->
            write ``*_masks.tif`` and report how well the masks came back
@@ -118,7 +119,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seg = Segmenter(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size)
+    seg = Segmenter(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size,
+                    backend=args.backend)
     log.info("%d image(s); model %s on %s (core: %s)", len(files), args.model, seg.device, seg.core_device)
     kw = dict(channel_axis=args.channel_axis, z_axis=args.z_axis, channels=args.channels,
               diameter=None if args.diameter is None else args.diameter, do_3D=args.do_3d,
@@ -147,6 +149,39 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     for f in failed:
         log.info("failed: %s", f)
     return 1 if failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .deploy import check_onnx, export_onnx
+    from .deploy.trt import export_engine, require_tensorrt
+    from .models import load_model
+
+    if not args.out and not args.engine:
+        raise ValueError("nothing to do: give --out MODEL.onnx, --engine MODEL.plan, or both")
+    if args.engine:
+        require_tensorrt()  # fail before the export when TensorRT is missing
+    elif args.precision != "fp16" or args.calib:
+        raise ValueError("--precision and --calib apply to --engine only")
+    net, _ = load_model(args.model)
+    with tempfile.TemporaryDirectory(prefix="fastpose-export-") as tmp:
+        onnx_path = Path(args.out) if args.out else Path(tmp) / "model.onnx"
+        export_onnx(net, onnx_path, tile=args.tile, opset=args.opset, dynamic_batch=not args.fixed_batch)
+        print(f"wrote {onnx_path}" if args.out else f"exported {args.model} to ONNX")
+        if args.check:
+            res = check_onnx(net, onnx_path, rtol=args.rtol, raise_on_error=False)
+            print(f"check (onnxruntime vs PyTorch fp32): {res}")
+            if not res.ok:
+                return 1
+        if args.engine:
+            if args.fixed_batch:
+                raise ValueError("--engine needs the dynamic batch axis (drop --fixed-batch)")
+            dest = export_engine(net, args.engine, precision=args.precision, tile=args.tile,
+                                 max_batch=args.batch_size, opset=args.opset, calibration=args.calib,
+                                 onnx_path=onnx_path, workspace_gb=args.workspace_gb)
+            print(f"wrote {dest} (TensorRT, {args.precision}, batch 1..{args.batch_size})")
+    return 0
 
 
 def _matched(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> int:
@@ -200,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): the GPU when one is usable")
     s.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                    help="network precision (auto: fp16 on GPU, fp32 on CPU)")
+    s.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
+                   help="how the network runs: torch (default, eager), compile (torch.compile), onnxruntime "
+                        "(cached ONNX export), tensorrt (cached engine; NVIDIA GPU + pip install 'fastpose[trt]')")
     s.add_argument("--save", default="masks",
                    help="comma-separated outputs: masks, outlines_png, outlines_txt, rois, seg_npy, csv "
                         "(default: masks)")
@@ -210,6 +248,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_segment)
     from .train.cli import add_parser as _add_train
     _add_train(sub)
+    s = sub.add_parser("export", help="export a model to ONNX and/or a TensorRT engine",
+                       description="Export MODEL (bundled name or model file) to ONNX with a fixed tile and a "
+                                   "dynamic batch axis (outputs flows_cellprob [B,3,T,T] and style), optionally "
+                                   "check it against PyTorch with onnxruntime, and/or build a TensorRT engine "
+                                   "(needs an NVIDIA GPU and pip install 'fastpose[trt]').")
+    s.add_argument("model", metavar="MODEL", help="bundled model name (nuclei, cyto) or a model file")
+    s.add_argument("--out", default=None, help="ONNX file to write")
+    s.add_argument("--engine", default=None, help="TensorRT engine (plan) file to write")
+    s.add_argument("--tile", type=int, default=None,
+                   help="tile side (default: 224 for U-Nets, the ViT's input size, 256, for ViTs)")
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    s.add_argument("--fixed-batch", action="store_true", help="fixed batch of 1 instead of a dynamic batch axis")
+    s.add_argument("--check", action="store_true",
+                   help="compare onnxruntime (CPU) with PyTorch fp32 on random tiles; exit 1 on a mismatch")
+    s.add_argument("--rtol", type=float, default=1e-4, help="--check tolerance relative to the largest output")
+    s.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8", "fp8"], default="fp16",
+                   help="engine precision (default fp16; int8/fp8 need --calib and NVIDIA ModelOpt)")
+    s.add_argument("--calib", default=None, metavar="TILES.npy",
+                   help="calibration set for int8/fp8: normalised tiles, float32 [N, C, tile, tile]")
+    s.add_argument("--batch-size", type=int, default=8, help="largest engine batch (profile 1..N, default 8)")
+    s.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace (GiB, default 4)")
+    s.set_defaults(func=_cmd_export)
     s = sub.add_parser("info", help="show version, backend and CUDA support")
     s.set_defaults(func=_cmd_info)
     s = sub.add_parser("demo", help="run the native core on the bundled sample image's masks",

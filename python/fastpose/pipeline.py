@@ -171,14 +171,19 @@ class Segmenter:
         Network precision on the GPU ("auto" = fp16 there, fp32 on the CPU).
     batch_size : int
         Tiles per network batch.
+    backend : "torch", "compile", "onnxruntime" or "tensorrt"
+        How the network runs (see :mod:`fastpose.deploy.backends`): eager PyTorch (default), ``torch.compile``,
+        an ONNX export in onnxruntime, or a TensorRT engine (GPU; precision from ``precision``).
     """
 
     def __init__(self, model: Any = "nuclei", device: str = "auto", precision: str = "auto",
-                 batch_size: int = 8) -> None:
+                 batch_size: int = 8, backend: str = "torch") -> None:
         import torch
 
+        from .deploy.backends import check_backend, make_runner
         from .models import load_model
 
+        check_backend(backend)
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         if device == "cuda" and not torch.cuda.is_available():
@@ -212,6 +217,9 @@ class Segmenter:
         self.bsize = int(getattr(self.nets[0], "img_size", 256)) if self.kind == "vit" else 224
         self.diam_mean = float(self.metas[0].get("diam_mean") or getattr(self.nets[0], "diam_mean_value", 30.0))
         self.size_model = self.metas[0].get("size_model")
+        self.backend = backend
+        #: what run_net calls per network: the module itself for "torch", else a backend runner
+        self.runners = [make_runner(net, backend, self.device, self.batch_size, self.precision) for net in self.nets]
 
     # ---- network step -------------------------------------------------------------------------
     def run_net(self, imgs: "Any", augment: bool = False, tile_overlap: float = 0.1) -> Tuple[Any, Any]:
@@ -245,7 +253,7 @@ class Segmenter:
                 xb = flat[i:i + self.batch_size].to(self.device, non_blocking=True)
                 acc = None
                 sacc = None
-                for net in self.nets:
+                for net in self.runners:
                     with torch.autocast(self.device.type, dtype=dt, enabled=amp):
                         yb, sb = net(xb)
                     yb = yb[:, :3].float()
@@ -587,7 +595,8 @@ def stitch3D(masks: np.ndarray, stitch_threshold: float = 0.25) -> np.ndarray:
 
 
 def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei", *, device: str = "auto",
-            precision: str = "auto", batch_size: int = 8, **kwargs: Any) -> Union[SegmentResult, List[SegmentResult]]:
+            precision: str = "auto", batch_size: int = 8, backend: str = "torch",
+            **kwargs: Any) -> Union[SegmentResult, List[SegmentResult]]:
     """Segment one image or a list of images.
 
     Parameters
@@ -597,7 +606,7 @@ def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei"
         integer or float dtype.
     model : str, path, module or list
         Bundled model name, model file (fastpose or Cellpose checkpoint), network, or an ensemble list.
-    device, precision, batch_size
+    device, precision, batch_size, backend
         See :class:`Segmenter`.
     channel_axis, z_axis : int, optional
         Which axis holds channels / Z.  Default: none (a plain 2D image).
@@ -633,7 +642,7 @@ def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei"
     -------
     SegmentResult or list of SegmentResult
     """
-    seg = model if isinstance(model, Segmenter) else Segmenter(model, device, precision, batch_size)
+    seg = model if isinstance(model, Segmenter) else Segmenter(model, device, precision, batch_size, backend)
     if isinstance(images, (list, tuple)):
         return list(seg.segment_many(images, **kwargs))
     return seg.segment(images, **kwargs)
