@@ -233,7 +233,7 @@ def _bench_images(n: int, size: int, seed: int = 0) -> List[np.ndarray]:
 
 def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 1080, repeats: int = 2,
                   device: str = "auto", precision: str = "auto", batch_size: int = 8,
-                  cellpose: bool = True) -> Dict[str, Any]:
+                  cellpose: bool = True, backend: str = "torch") -> Dict[str, Any]:
     """End-to-end ``segment`` throughput on two-channel images (and Cellpose 3's ``CellposeModel.eval``
     with the same network weights when ``cellpose<4`` is importable)."""
     import tempfile
@@ -255,7 +255,7 @@ def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 10
         path = os.path.join(tmpdir, "cpnet.pth")
         torch.save({k: v.float() for k, v in net.state_dict().items()}, path)
     imgs = _bench_images(n_images, size)
-    seg = Segmenter(path, device=device, precision=precision, batch_size=batch_size)
+    seg = Segmenter(path, device=device, precision=precision, batch_size=batch_size, backend=backend)
     dev = seg.core_device
     sync = torch.cuda.synchronize if seg.device.type == "cuda" else None
     kw = dict(channel_axis=-1, channels=[0, 1], diameter=seg.diam_mean)
@@ -274,7 +274,7 @@ def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 10
     with fc.use_backend(dev):
         results.append(time_call("compute_masks[1 image]", dev,
                                  lambda: fc.compute_masks(r.flows, r.cellprob), repeats, sync))
-    info = {"images": n_images, "size": size, "model": model or "random full-width U-Net",
+    info = {"images": n_images, "size": size, "model": model or "random full-width U-Net", "backend": backend,
             "masks_first_image": int(r.masks.max()), "precision": seg.precision, "batch_size": batch_size}
     if cellpose:
         results += _bench_cellpose_eval(path, imgs, seg.device.type == "cuda", repeats)
@@ -343,13 +343,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
+                   help="network backend (default torch)")
     g.add_argument("--no-cellpose", action="store_true", help="skip Cellpose 3's CellposeModel.eval")
     g.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cmd == "segment":
         res = bench_segment(args.model, args.images, args.size, args.repeats, args.device, args.precision,
-                            args.batch_size, not args.no_cellpose)
+                            args.batch_size, not args.no_cellpose, args.backend)
     else:
         devices = None if args.device == "auto" else [args.device]
         res = bench_core(args.size, args.cells, args.diameter, args.repeats, devices, not args.no_cellpose,

@@ -9,3 +9,6 @@
 #include "fastpose/pipeline.hpp"
 #include "fastpose/tiles.hpp"
 #include "fastpose/tracking.hpp"
+#if FASTPOSE_BUILT_WITH_TENSORRT
+#include "fastpose/trt_segmenter.hpp"
+#endif
