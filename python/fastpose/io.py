@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -34,21 +34,27 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_tiff_atomic(path: PathLike, data: np.ndarray, compression: str = "zlib") -> Path:
-    """Write ``data`` to ``path`` as TIFF via a temporary file in the same folder, then rename.
+def atomic_write(path: PathLike, write: Callable[[Any], None], *, text: bool = False,
+                 to_path: bool = False) -> Path:
+    """Write ``path`` atomically: ``write`` fills a temporary file in the same folder, which is flushed,
+    fsynced, given normal permissions and renamed over ``path``.
 
-    A crash or a full disk never leaves a half-written file under the final name.
+    ``write`` gets an open file object (binary, or text with ``text=True``), or the temporary file's path
+    with ``to_path=True`` (for writers that open files themselves).  On any error the temporary file is
+    removed and an existing ``path`` is left untouched, so a crash or a full disk never leaves a
+    half-written file under the final name.
     """
-    import tifffile
-
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
     try:
-        os.close(fd)
-        with open(tmp, "wb") as f:
-            tifffile.imwrite(f, data, compression=compression)
-            f.flush()
+        if to_path:
+            write(Path(tmp))
+        else:
+            with open(tmp, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+                write(f)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, p)
@@ -59,6 +65,13 @@ def write_tiff_atomic(path: PathLike, data: np.ndarray, compression: str = "zlib
             pass
         raise
     return p
+
+
+def write_tiff_atomic(path: PathLike, data: np.ndarray, compression: str = "zlib") -> Path:
+    """Write ``data`` to ``path`` as a (zlib-compressed) TIFF, atomically (see :func:`atomic_write`)."""
+    import tifffile
+
+    return atomic_write(path, lambda f: tifffile.imwrite(f, data, compression=compression))
 
 
 def sample_paths() -> tuple[Path, Path]:

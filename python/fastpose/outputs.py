@@ -12,37 +12,20 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .io import file_mode, write_tiff_atomic
+from .io import atomic_write, write_tiff_atomic
 
 OUTPUT_KINDS = ("masks", "outlines_png", "outlines_txt", "rois", "seg_npy", "csv")
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return atomic_write(path, write, text="b" not in mode)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import copy
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,29 +67,11 @@ def cache_root() -> Path:
 
 
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``
+    (:func:`fastpose.io.atomic_write`)."""
+    from ..io import atomic_write as _atomic_write
 
-    On any error the temporary file is removed and ``path`` is left as it was.
-    """
-    from ..io import file_mode
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    return _atomic_write(path, write, to_path=True)
 
 
 def model_hash(model: nn.Module) -> str:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
@@ -187,23 +186,9 @@ def save_model(path: PathLike, model: nn.Module, meta: Optional[Mapping[str, Any
         if k in payload["state_dict"]:
             payload["state_dict"][k] = torch.full_like(payload["state_dict"][k], payload[k])
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent or Path(".")), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..io import atomic_write
+
+    path = atomic_write(path, lambda f: torch.save(payload, f))
     log.info("saved %s model to %s (%s)", payload["arch"]["type"], path, "fp16" if half else "fp32")
     return path
 

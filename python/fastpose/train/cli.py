@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from ..io import atomic_write
 
 __all__ = ["add_parser", "run"]
 
@@ -111,10 +111,7 @@ def run(args: argparse.Namespace) -> int:
                 size_model=not args.no_size_model, amp=not args.no_amp, seed=args.seed, device=args.device,
                 progress=not args.quiet)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    shutil.copyfile(res.last_path, tmp)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: shutil.copyfile(res.last_path, tmp), to_path=True)
     log.info("wrote %s (final loss %.4f%s); checkpoints in %s", out, res.history[-1]["loss"] if res.history else
              float("nan"), f", best val AP@0.5 {res.best_ap:.3f} at epoch {res.best_epoch}" if res.best_ap is not None
              else "", save_dir)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -118,17 +117,9 @@ def _mask_key(masks: np.ndarray) -> str:
 
 
 def _save_npz_atomic(path: Path, **arrays: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..io import atomic_write
+
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def cached_flows(masks: np.ndarray, cache_file: Optional[Path]) -> Tuple[np.ndarray, bool]:

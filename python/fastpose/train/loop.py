@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,17 +161,9 @@ def _pad_to(img: np.ndarray, side: int) -> np.ndarray:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..io import atomic_write
+
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _resolve_device(device: Union[str, torch.device]) -> torch.device:
