@@ -115,6 +115,13 @@ def machine_header() -> Dict[str, Any]:
         if fc.cuda_available():
             info["gpu"] = torch.cuda.get_device_name()
             info["cuda_runtime"] = torch.version.cuda
+            try:
+                import subprocess
+                info["driver"] = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                    text=True, timeout=10).stdout.strip().splitlines()[0]
+            except Exception:  # noqa: BLE001 - no nvidia-smi: leave the driver out
+                pass
     except ImportError:
         pass
     try:
@@ -233,9 +240,11 @@ def _bench_images(n: int, size: int, seed: int = 0) -> List[np.ndarray]:
 
 def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 1080, repeats: int = 2,
                   device: str = "auto", precision: str = "auto", batch_size: int = 8,
-                  cellpose: bool = True, backend: str = "torch") -> Dict[str, Any]:
-    """End-to-end ``segment`` throughput on two-channel images (and Cellpose 3's ``CellposeModel.eval``
-    with the same network weights when ``cellpose<4`` is importable)."""
+                  cellpose: bool = True, backend: str = "torch", files: Optional[List[str]] = None
+                  ) -> Dict[str, Any]:
+    """End-to-end ``segment`` throughput on two-channel images (synthetic, or the user's ``files``, read
+    channels-last) with stage timings (load, normalise, network + blend, masks, write), and Cellpose 3's
+    ``CellposeModel.eval`` with the same network weights when ``cellpose<4`` is importable."""
     import tempfile
 
     import torch
@@ -254,12 +263,20 @@ def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 10
         net, _ = load_model(model)
         path = os.path.join(tmpdir, "cpnet.pth")
         torch.save({k: v.float() for k, v in net.state_dict().items()}, path)
-    imgs = _bench_images(n_images, size)
+    from .io import read_image, write_tiff_atomic
+
+    results: List[Timing] = []
+    if files:
+        results.append(time_call("load[files]", "cpu", lambda: [read_image(f) for f in files], 1, warmup=0))
+        imgs = [read_image(f) for f in files]
+        imgs = [i if i.ndim == 3 else i[..., None] for i in imgs]
+        n_images, size = len(imgs), int(imgs[0].shape[0])
+    else:
+        imgs = _bench_images(n_images, size)
     seg = Segmenter(path, device=device, precision=precision, batch_size=batch_size, backend=backend)
     dev = seg.core_device
     sync = torch.cuda.synchronize if seg.device.type == "cuda" else None
-    kw = dict(channel_axis=-1, channels=[0, 1], diameter=seg.diam_mean)
-    results: List[Timing] = []
+    kw = dict(channel_axis=-1, channels=[0, 1] if imgs[0].shape[-1] > 1 else [0], diameter=seg.diam_mean)
     t = time_call("segment_many[e2e]", seg.device.type, lambda: list(seg.segment_many(imgs, **kw)), repeats, sync)
     t.extra["images_per_s"] = n_images / t.median_s
     t.extra["megapixels_per_s"] = n_images * size * size / 1e6 / t.median_s
@@ -274,7 +291,9 @@ def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 10
     with fc.use_backend(dev):
         results.append(time_call("compute_masks[1 image]", dev,
                                  lambda: fc.compute_masks(r.flows, r.cellprob), repeats, sync))
-    info = {"images": n_images, "size": size, "model": model or "random full-width U-Net", "backend": backend,
+    results.append(time_call("write masks TIFF[1 image]", "cpu",
+                             lambda: write_tiff_atomic(os.path.join(tmpdir, "m_masks.tif"), r.masks), repeats))
+    info = {"images": n_images, "size": size, "files": bool(files), "model": model or "random full-width U-Net", "backend": backend,
             "masks_first_image": int(r.masks.max()), "precision": seg.precision, "batch_size": batch_size}
     if cellpose:
         results += _bench_cellpose_eval(path, imgs, seg.device.type == "cuda", repeats)
@@ -346,12 +365,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
                    help="network backend (default torch)")
     g.add_argument("--no-cellpose", action="store_true", help="skip Cellpose 3's CellposeModel.eval")
+    g.add_argument("--files", nargs="+", metavar="IMAGE", help="time these images (channels last) instead of synthetic ones")
     g.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cmd == "segment":
         res = bench_segment(args.model, args.images, args.size, args.repeats, args.device, args.precision,
-                            args.batch_size, not args.no_cellpose, args.backend)
+                            args.batch_size, not args.no_cellpose, args.backend, args.files)
     else:
         devices = None if args.device == "auto" else [args.device]
         res = bench_core(args.size, args.cells, args.diameter, args.repeats, devices, not args.no_cellpose,
