@@ -172,3 +172,41 @@ def test_cpu_cuda_parity(shape):
         b = fc.follow_flows(dP, mask, 200)
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     assert np.array_equal(a, b), "positions differ bitwise between CPU and CUDA"
+
+
+def _simd_vs_scalar(monkeypatch, dP, mask, niter):
+    """follow_flows on the CPU with the default (SIMD where available) path and with FASTPOSE_NO_SIMD=1."""
+    with fc.use_backend("cpu"):
+        monkeypatch.delenv("FASTPOSE_NO_SIMD", raising=False)
+        fast = fc.follow_flows(dP, mask, niter)
+        monkeypatch.setenv("FASTPOSE_NO_SIMD", "1")
+        scalar = fc.follow_flows(dP, mask, niter)
+    return fast, scalar
+
+
+@pytest.mark.parametrize("shape", [(300, 300), (37, 301)])
+def test_simd_path_bitwise_equals_scalar_noisy(monkeypatch, shape):
+    # Noisy flows, strong enough to push pixels against every border (clamping, x1/y1 = last row/column).
+    rng = np.random.default_rng(21)
+    dP = (smooth_flows(shape, 22, scale=8.0) + rng.normal(0, 1.5, (2, *shape))).astype(F32)
+    dP[:, :3] *= 40  # drives pixels near the top and left edges out of the image (clamped at 0)
+    dP[:, -3:] *= 40
+    dP[:, :, :3] *= 40
+    dP[:, :, -3:] *= 40
+    mask = rng.random(shape) < 0.8
+    mask[5:9, 5:9] = True
+    dP[:, 5:9, 5:9] = 0  # exact fixed points: the early-stop rule
+    fast, scalar = _simd_vs_scalar(monkeypatch, dP, mask, 200)
+    assert fast.dtype == scalar.dtype == np.float32
+    assert np.array_equal(fast, scalar), f"{(fast != scalar).sum()} coordinates differ between SIMD and scalar"
+
+
+def test_simd_path_bitwise_equals_scalar_labels(monkeypatch, labels2d):
+    dP = 5.0 * fc.masks_to_flows(labels2d)
+    rng = np.random.default_rng(23)
+    dP = (dP + rng.normal(0, 0.2, dP.shape)).astype(F32)
+    mask = labels2d > 0
+    fast, scalar = _simd_vs_scalar(monkeypatch, dP, mask, 200)
+    assert np.array_equal(fast, scalar), f"{(fast != scalar).sum()} coordinates differ between SIMD and scalar"
+    # and both are the reference stepping rule
+    np.testing.assert_allclose(fast, reference_follow_flows(dP, mask, 200), atol=1e-4, rtol=0)
