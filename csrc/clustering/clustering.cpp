@@ -24,12 +24,7 @@ int64_t get_masks(const float* positions, const uint8_t* mask, const Shape& shap
   // count > fraction * numel  <=>  count > floor(fraction * numel) for integer counts.
   const double lim = std::floor(max_size_fraction * double(n));
   const int64_t max_pixels = lim >= double(n) ? n : int64_t(lim);
-  if (ex.device == Device::CPU) return cpu::get_masks(positions, mask, shape, labels, max_pixels, ex);
-#ifdef FASTPOSE_WITH_CUDA
-  return cuda_impl::get_masks(positions, mask, shape, labels, max_pixels, ex);
-#else
-  FP_NO_CUDA_BUILD("get_masks");
-#endif
+  FP_DISPATCH(ex, "get_masks", get_masks, positions, mask, shape, labels, max_pixels, ex);
 }
 
 }  // namespace fastpose

@@ -25,12 +25,7 @@ void masks_to_flows(const int32_t* labels, const Shape& shape, float* flows, con
   check_extents(shape, "masks_to_flows");
   if (shape.numel() == 0) return;
   if (!labels || !flows) throw ArgumentError("masks_to_flows: null pointer");
-  if (ex.device == Device::CPU) return cpu::masks_to_flows(labels, shape, flows, niter, ex);
-#ifdef FASTPOSE_WITH_CUDA
-  return cuda_impl::masks_to_flows(labels, shape, flows, niter, ex);
-#else
-  FP_NO_CUDA_BUILD("masks_to_flows");
-#endif
+  FP_DISPATCH(ex, "masks_to_flows", masks_to_flows, labels, shape, flows, niter, ex);
 }
 
 void flow_errors(const int32_t* labels, const Shape& shape, const float* dP, int64_t nlabels, float* errors,
@@ -41,12 +36,7 @@ void flow_errors(const int32_t* labels, const Shape& shape, const float* dP, int
   if (nlabels > 0 && !errors) throw ArgumentError("flow_errors: null pointer (errors)");
   if (shape.numel() > 0 && (!labels || !dP)) throw ArgumentError("flow_errors: null pointer");
   if (shape.numel() == 0 && nlabels == 0) return;
-  if (ex.device == Device::CPU) return cpu::flow_errors(labels, shape, dP, nlabels, errors, ex);
-#ifdef FASTPOSE_WITH_CUDA
-  return cuda_impl::flow_errors(labels, shape, dP, nlabels, errors, ex);
-#else
-  FP_NO_CUDA_BUILD("flow_errors");
-#endif
+  FP_DISPATCH(ex, "flow_errors", flow_errors, labels, shape, dP, nlabels, errors, ex);
 }
 
 int64_t remove_bad_flow_masks(int32_t* labels, const Shape& shape, const float* dP, int64_t nlabels,
@@ -57,12 +47,7 @@ int64_t remove_bad_flow_masks(int32_t* labels, const Shape& shape, const float* 
   if (std::isnan(threshold)) throw ArgumentError("remove_bad_flow_masks: threshold is NaN");
   if (shape.numel() == 0) return 0;
   if (!labels || !dP) throw ArgumentError("remove_bad_flow_masks: null pointer");
-  if (ex.device == Device::CPU) return cpu::remove_bad_flow_masks(labels, shape, dP, nlabels, threshold, ex);
-#ifdef FASTPOSE_WITH_CUDA
-  return cuda_impl::remove_bad_flow_masks(labels, shape, dP, nlabels, threshold, ex);
-#else
-  FP_NO_CUDA_BUILD("remove_bad_flow_masks");
-#endif
+  FP_DISPATCH(ex, "remove_bad_flow_masks", remove_bad_flow_masks, labels, shape, dP, nlabels, threshold, ex);
 }
 
 }  // namespace fastpose

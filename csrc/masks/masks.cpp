@@ -30,12 +30,7 @@ int64_t fill_holes_and_remove_small_masks(int32_t* labels, const Shape& shape, i
     throw ArgumentError("fill_holes_and_remove_small_masks: max label " + std::to_string(hi) +
                         " exceeds the number of pixels " + std::to_string(n) + "; relabel sequentially first");
   if (hi == 0) return 0;
-  if (ex.device == Device::CPU) return cpu::fill_holes_and_remove_small_masks(labels, shape, hi, min_size, ex);
-#ifdef FASTPOSE_WITH_CUDA
-  return cuda_impl::fill_holes_and_remove_small_masks(labels, shape, hi, min_size, ex);
-#else
-  FP_NO_CUDA_BUILD("fill_holes_and_remove_small_masks");
-#endif
+  FP_DISPATCH(ex, "fill_holes_and_remove_small_masks", fill_holes_and_remove_small_masks, labels, shape, hi, min_size, ex);
 }
 
 }  // namespace fastpose

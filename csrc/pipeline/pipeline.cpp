@@ -19,12 +19,7 @@ void threshold_mask(const float* prob, int64_t n, float threshold, uint8_t* mask
   if (n < 0) throw ArgumentError("threshold_mask: negative length");
   if (n == 0) return;
   if (!prob || !mask) throw ArgumentError("threshold_mask: null pointer");
-  if (ex.device == Device::CPU) return cpu::threshold_mask(prob, n, threshold, mask, ex);
-#ifdef FASTPOSE_WITH_CUDA
-  return cuda_impl::threshold_mask(prob, n, threshold, mask, ex);
-#else
-  FP_NO_CUDA_BUILD("threshold_mask");
-#endif
+  FP_DISPATCH(ex, "threshold_mask", threshold_mask, prob, n, threshold, mask, ex);
 }
 
 int64_t compute_masks(const float* dP, const float* cellprob, const Shape& shape, int32_t* labels,

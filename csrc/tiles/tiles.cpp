@@ -84,12 +84,7 @@ void make_tiles(const float* image, int64_t B, int64_t C, const TileGrid& grid, 
   checked_product({B, C, grid.Ly, grid.Lx}, "make_tiles");
   if (ntile == 0) return;
   if (!tiles || (!image && B * C * grid.Ly * grid.Lx > 0)) throw ArgumentError("make_tiles: null pointer");
-  if (ex.device == Device::CPU) return cpu::make_tiles(image, B, C, grid, tiles, ex);
-#ifdef FASTPOSE_WITH_CUDA
-  return cuda_impl::make_tiles(image, B, C, grid, tiles, ex);
-#else
-  FP_NO_CUDA_BUILD("make_tiles");
-#endif
+  FP_DISPATCH(ex, "make_tiles", make_tiles, image, B, C, grid, tiles, ex);
 }
 
 void blend_tiles(const float* tiles, int64_t B, int64_t C, const TileGrid& grid, int flow_y_channel,

@@ -14,12 +14,7 @@ void follow_flows(const float* dP, const uint8_t* mask, const Shape& shape, int 
   if (niter < 0) throw ArgumentError("follow_flows: niter must be >= 0, got " + std::to_string(niter));
   if (shape.numel() == 0) return;
   if (!dP || !mask || !positions) throw ArgumentError("follow_flows: null pointer");
-  if (ex.device == Device::CPU) return cpu::follow_flows(dP, mask, shape, niter, positions, ex);
-#ifdef FASTPOSE_WITH_CUDA
-  return cuda_impl::follow_flows(dP, mask, shape, niter, positions, ex);
-#else
-  FP_NO_CUDA_BUILD("follow_flows");
-#endif
+  FP_DISPATCH(ex, "follow_flows", follow_flows, dP, mask, shape, niter, positions, ex);
 }
 
 }  // namespace fastpose
