@@ -43,14 +43,7 @@ int64_t checked_max_label(const int32_t* labels, int64_t n, int64_t nlabels, con
 
 /// Bounding boxes, pixel counts and coordinate sums of labels 1..maxlab (one serial pass: cheap).
 std::vector<LabelStats> label_stats(const int32_t* labels, const Shape& shape, int64_t maxlab) {
-  LabelStats init;
-  for (int a = 0; a < 3; ++a) {
-    init.lo[a] = INT32_MAX;
-    init.hi[a] = -1;
-    init.sum[a] = 0;
-  }
-  init.count = 0;
-  std::vector<LabelStats> st(size_t(maxlab), init);
+  std::vector<LabelStats> st(size_t(maxlab), impl::empty_label_stats());
   const int64_t Y = shape.y, X = shape.x;
   for (int64_t z = 0; z < shape.z; ++z) {
     for (int64_t y = 0; y < Y; ++y) {

@@ -82,14 +82,7 @@ int64_t checked_max_label(const int32_t* labels, int64_t n, int64_t nlabels, con
 
 __global__ void stats_init_kernel(LabelStats* __restrict__ st, int64_t L) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < L; k += int64_t(gridDim.x) * blockDim.x) {
-    LabelStats s;
-    for (int a = 0; a < 3; ++a) {
-      s.lo[a] = INT_MAX;
-      s.hi[a] = -1;
-      s.sum[a] = 0;
-    }
-    s.count = 0;
-    st[k] = s;
+    st[k] = impl::empty_label_stats();
   }
 }
 

@@ -24,6 +24,18 @@ struct LabelStats {
   unsigned long long sum[3];  ///< coordinate sums per axis
 };
 
+/// Statistics of a label with no pixels yet (the starting value of the accumulation on both backends).
+FP_HOST_DEVICE LabelStats empty_label_stats() {
+  LabelStats s;
+  for (int a = 0; a < 3; ++a) {
+    s.lo[a] = 2147483647;
+    s.hi[a] = -1;
+    s.sum[a] = 0;
+  }
+  s.count = 0;
+  return s;
+}
+
 /// Padded box of one mask.
 struct Box {
   int64_t oz, oy, ox;  ///< image coordinates of box element (0, 0, 0) (may be -1)

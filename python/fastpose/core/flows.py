@@ -113,21 +113,18 @@ def flow_errors(masks: Any, dP: Any) -> Any:
     """
     where, lab, flows, spatial = _labels_and_flows(masks, dP)
     nmax = labels_max(lab)
-    if nmax > _numel(spatial):
-        compact, uniq = _compact(lab)
-        ncomp = int(uniq.shape[0]) - 1
-        err_c = empty((ncomp,), np.float32, where, zero=True)
-        with device_guard(where):
-            _core.flow_errors(ptr(compact), shape_tuple(spatial), ptr(flows), ncomp, ptr(err_c), *where.exec_args())
-        out = empty((nmax,), np.float32, where, zero=True)
-        idx = uniq[1:] - 1
-        if not isinstance(idx, np.ndarray):
-            idx = idx.long()
-        out[idx] = err_c
-        return finish(out, where)
-    out = empty((nmax,), np.float32, where, zero=True)
+    sparse = nmax > _numel(spatial)  # the native op needs labels <= numel: compact sparse ones first
+    if sparse:
+        lab, uniq = _compact(lab)
+    n = int(uniq.shape[0]) - 1 if sparse else nmax
+    err = empty((n,), np.float32, where, zero=True)
     with device_guard(where):
-        _core.flow_errors(ptr(lab), shape_tuple(spatial), ptr(flows), nmax, ptr(out), *where.exec_args())
+        _core.flow_errors(ptr(lab), shape_tuple(spatial), ptr(flows), n, ptr(err), *where.exec_args())
+    if not sparse:
+        return finish(err, where)
+    out = empty((nmax,), np.float32, where, zero=True)
+    idx = uniq[1:] - 1
+    out[idx if isinstance(idx, np.ndarray) else idx.long()] = err
     return finish(out, where)
 
 
