@@ -85,30 +85,40 @@ def lr_at(frac: float, lr: float) -> float:
 
 
 def train_timed(data, diam_mean: float, minutes: float, device: torch.device, nbase, batch: int = 8,
-                workers: int = 8, seed: int = 0):
+                workers: int = 8, seed: int = 0, lr: float = 0.2):
     global _DATA
     _DATA = data
     torch.manual_seed(seed)
     net = UNet(nbase=nbase, diam_mean=diam_mean).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-5)
+    cl = device.type == "cuda"  # channels-last: cuDNN's tensor-core convolutions want NHWC
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
     amp = device.type == "cuda"
     ctx = mp.get_context("fork")
     budget = minutes * 60.0
     t0 = time.time()
     steps = seen = 0
-    losses = []
+    waited = 0.0  # seconds spent waiting on the augmentation workers (tells whether the data side is the limit)
+    losses: list = []  # mean loss of every 200 steps
+    recent: list = []
+    torch.backends.cudnn.benchmark = True
     with ctx.Pool(workers) as pool:
-        pending = [pool.apply_async(_gen, ((seed * 100003 + k, 32, diam_mean, 224),)) for k in range(2 * workers)]
+        pending = [pool.apply_async(_gen, ((seed * 100003 + k, 32, diam_mean, 224),)) for k in range(3 * workers)]
         k = len(pending)
         while time.time() - t0 < budget:
+            tw = time.time()
             x, f, m = pending.pop(0).get()
+            waited += time.time() - tw
             pending.append(pool.apply_async(_gen, ((seed * 100003 + k, 32, diam_mean, 224),)))
             k += 1
             for b in range(0, len(x), batch):
                 frac = (time.time() - t0) / budget
                 for g in opt.param_groups:
-                    g["lr"] = lr_at(frac, 0.2)
+                    g["lr"] = lr_at(frac, lr)
                 xb = torch.from_numpy(x[b:b + batch]).to(device).float()
+                if cl:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
                 fb = torch.from_numpy(f[b:b + batch]).to(device).float()
                 mb = torch.from_numpy(m[b:b + batch]).to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -119,13 +129,17 @@ def train_timed(data, diam_mean: float, minutes: float, device: torch.device, nb
                 opt.step()
                 steps += 1
                 seen += len(xb)
-                losses.append(float(loss.detach()))
+                recent.append(loss.detach())  # no host sync per step: read back every 200 steps
                 if steps % 200 == 0:
-                    log.info("%.0fs step %d loss %.4f lr %.4f", time.time() - t0, steps, np.mean(losses[-200:]),
-                             opt.param_groups[0]["lr"])
+                    losses.append(float(torch.stack(recent).mean()))
+                    recent = []
+                    log.info("%.0fs step %d (%.0f samples/s) loss %.4f lr %.4f, %.0f%% of the time waiting for data",
+                             time.time() - t0, steps, seen / (time.time() - t0), losses[-1],
+                             opt.param_groups[0]["lr"], 100 * waited / (time.time() - t0))
     net.eval()
     return net, {"steps": steps, "samples": seen, "seconds": round(time.time() - t0, 1),
-                 "final_loss": float(np.mean(losses[-100:])) if losses else None}
+                 "data_wait_seconds": round(waited, 1),
+                 "final_loss": losses[-1] if losses else None}
 
 
 def score(net, meta, images, masks, diameters, device):
@@ -153,6 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="python/fastpose/weights", help="output folder")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     p.add_argument("--nbase", type=int, nargs="+", default=[2, 32, 64, 128, 256])
+    p.add_argument("--batch", type=int, default=8, help="crops per SGD step (Cellpose: 8)")
+    p.add_argument("--lr", type=float, default=0.2, help="peak SGD learning rate (Cellpose: 0.2)")
     p.add_argument("--limit", type=int, default=0, help="use only this many training images (smoke tests)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -174,15 +190,18 @@ def main(argv=None) -> int:
     train = from_arrays(ti, tm, nchan=2)
     val = from_arrays(vi, vm, nchan=2)
     log.info("%s: %d train, %d val images; diam_labels %.1f", args.which, len(train), len(val), train.diam_labels)
-    net, info = train_timed(train, diam_mean, args.minutes, device, args.nbase, workers=args.workers)
+    net, info = train_timed(train, diam_mean, args.minutes, device, args.nbase, batch=args.batch,
+                            workers=args.workers, lr=args.lr)
+    net = net.to(memory_format=torch.contiguous_format)
+    info.update(batch=args.batch, lr=args.lr)
     sm = train_size_model(net, train, n_epochs=2, device=device)
     meta = {"arch": net.arch() if hasattr(net, "arch") else {"type": "unet"}, "nchan": 2, "diam_mean": diam_mean,
             "size_model": sm}
     scores = score(net, meta, val.images, val.masks, val.diameters, device)
     card = {"model": args.which, "data": source, "diam_mean": diam_mean, "diam_labels": train.diam_labels,
             "nbase": args.nbase, "training": info, "device": torch.cuda.get_device_name() if device.type == "cuda"
-            else "cpu", "validation": scores, "recipe": "SGD lr 0.2 momentum 0.9 wd 1e-5, 5% warm-up, halving every "
-            "6% of the budget after 70%, bf16 autocast on GPU, 224 crops, batch 8, Cellpose augmentations"}
+            else "cpu", "validation": scores, "recipe": f"SGD lr {args.lr} momentum 0.9 wd 1e-5, 5% warm-up, halving every "
+            "6% of the budget after 70%, bf16 autocast on GPU, " f"224 crops, batch {args.batch}, Cellpose augmentations"}
     log.info("validation: %s", json.dumps(scores))
     save_model(out / f"{args.which}.pth", net, {"diam_mean": diam_mean, "diam_labels": train.diam_labels,
                                                  "size_model": sm, "extra": {"card": card}}, half=True)
