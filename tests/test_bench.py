@@ -31,3 +31,23 @@ def test_bench_segment_on_user_files(tmp_path: Path):
     names = [t["name"] for t in res["timings"]]
     assert names[0] == "load[files]" and "write masks TIFF[1 image]" in names
     assert res["inputs"]["segment"]["files"] is True
+
+
+def test_bench_net_variants_on_cpu(tmp_path: Path):
+    out = tmp_path / "net.json"
+    assert main(["net", "--arch", "vit_t", "--batch-sizes", "2", "--repeats", "1", "--device", "cpu",
+                 "--backends", "torch", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    (t,) = res["timings"]
+    assert t["name"] == "vit_t eager fp32 [batch 2]" and t["extra"]["tiles_per_s"] > 0
+    assert t["extra"]["x_eager_fp32"] == 1.0
+    assert res["inputs"]["net"] == {"arch": "vit_t", "tile": 256, "channels": 3, "batch_sizes": [2]}
+
+
+def test_bench_sam_without_cellpose(tmp_path: Path):
+    out = tmp_path / "sam.json"
+    assert main(["sam", "--arch", "vit_t", "--images", "1", "--size", "200", "--repeats", "1", "--precision", "fp32",
+                 "--no-cellpose", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [t["name"] for t in res["timings"]] == ["segment_many[sam]"]
+    assert res["timings"][0]["extra"]["images_per_s"] > 0 and res["ratios"] == {}

@@ -5,6 +5,9 @@ Examples::
     fastpose-bench core                       # 2048x2048, ~4700 cells of diameter 30, CPU (+ GPU if present)
     fastpose-bench core --size 1024 --cells 1200 --device cpu --json out.json
     fastpose-bench core --3d                  # adds a 3D case (96x256x256)
+    fastpose-bench segment --model nuclei     # end to end on 1080x1080 two-channel images (+ cellpose 3.x)
+    fastpose-bench net --arch unet            # network step: tiles/s per backend and precision
+    fastpose-bench sam --arch vit_l           # Cellpose-SAM-style segmentation (+ cellpose 4.x)
 
 Every figure is the median of ``--repeats`` runs after one warm-up run; GPU timings synchronise the
 device.  Peak memory is the growth of the process's peak resident set (Linux) during the call.
@@ -183,12 +186,13 @@ def bench_core(size: int = 2048, cells: int = 4700, diameter: float = 30.0, repe
                 results.append(time_call(f"compute_masks[{tag}]", dev,
                                          lambda: fc.compute_masks(D, P, flow_qc_3d=qc), repeats, sync))
         if cellpose:
-            results += _bench_cellpose(case, labels, dP_noisy, prob, repeats)
+            results += _bench_cellpose(case, labels, dP_noisy, prob, repeats, devices)
     return {"machine": machine_header(), "inputs": inputs, "timings": [asdict(t) for t in results],
             "ratios": _ratios(results)}
 
 
-def _bench_cellpose(case: str, labels: np.ndarray, dP: np.ndarray, prob: np.ndarray, repeats: int) -> List[Timing]:
+def _bench_cellpose(case: str, labels: np.ndarray, dP: np.ndarray, prob: np.ndarray, repeats: int,
+                    devices: Optional[List[str]] = None) -> List[Timing]:
     try:
         import torch
         from cellpose import dynamics
@@ -200,14 +204,19 @@ def _bench_cellpose(case: str, labels: np.ndarray, dP: np.ndarray, prob: np.ndar
     if torch.cuda.is_available():
         devs.append(("cuda", torch.device("cuda"), torch.cuda.synchronize))
     for name, tdev, sync in devs:
+        if devices is not None and name not in devices:
+            continue
         r = 1 if name == "cpu" else repeats
         w = 0 if name == "cpu" else 1
-        out.append(time_call(f"cellpose.masks_to_flows[{case}]", name,
-                             lambda: dynamics.masks_to_flows(labels, device=tdev), r, sync, warmup=w))
         qc = 0.4 if labels.ndim == 2 else 0.0
-        out.append(time_call(f"cellpose.compute_masks[{case}]", name,
-                             lambda: dynamics.compute_masks(dP, prob, flow_threshold=qc, device=tdev,
-                                                            do_3D=labels.ndim == 3), r, sync, warmup=w))
+        try:
+            out.append(time_call(f"cellpose.masks_to_flows[{case}]", name,
+                                 lambda: dynamics.masks_to_flows(labels, device=tdev), r, sync, warmup=w))
+            out.append(time_call(f"cellpose.compute_masks[{case}]", name,
+                                 lambda: dynamics.compute_masks(dP, prob, flow_threshold=qc, device=tdev,
+                                                                do_3D=labels.ndim == 3), r, sync, warmup=w))
+        except Exception as e:  # noqa: BLE001 - a broken cellpose install must not lose fastpose's own figures
+            log.warning("cellpose comparison failed on %s: %s", name, e)
     return out
 
 
@@ -310,15 +319,19 @@ def _bench_cellpose_eval(path: str, imgs: List[np.ndarray], gpu: bool, repeats: 
     except Exception:  # noqa: BLE001
         log.info("cellpose not importable: skipping the side-by-side comparison")
         return []
-    m = cpmodels.CellposeModel(gpu=gpu, pretrained_model=path)
     sync = torch.cuda.synchronize if gpu else None
-    diam = float(m.diam_mean)
+    try:
+        m = cpmodels.CellposeModel(gpu=gpu, pretrained_model=path)
+        diam = float(m.diam_mean)
 
-    def run():
-        for img in imgs:
-            m.eval(img, channels=[1, 2], channel_axis=-1, diameter=diam, flow_threshold=0.4,
-                   cellprob_threshold=0.0)
-    t = time_call("cellpose.CellposeModel.eval[e2e]", "cuda" if gpu else "cpu", run, max(1, repeats - 1), sync)
+        def run():
+            for img in imgs:
+                m.eval(img, channels=[1, 2], channel_axis=-1, diameter=diam, flow_threshold=0.4,
+                       cellprob_threshold=0.0)
+        t = time_call("cellpose.CellposeModel.eval[e2e]", "cuda" if gpu else "cpu", run, max(1, repeats - 1), sync)
+    except Exception as e:  # noqa: BLE001 - a broken cellpose install must not lose fastpose's own figures
+        log.warning("cellpose comparison failed: %s", e)
+        return []
     t.extra["images_per_s"] = len(imgs) / t.median_s
     return [t]
 
@@ -367,9 +380,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument("--no-cellpose", action="store_true", help="skip Cellpose 3's CellposeModel.eval")
     g.add_argument("--files", nargs="+", metavar="IMAGE", help="time these images (channels last) instead of synthetic ones")
     g.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    n = sub.add_parser("net", help="network-step throughput (tiles/s): eager fp32/fp16/bf16, compile + CUDA graphs, "
+                                   "onnxruntime, TensorRT")
+    n.add_argument("--arch", default="unet", help="unet (224 tiles) or a ViT preset: vit_l, vit_s, vit_t (256 tiles)")
+    n.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32], help="tiles per call (default 8 32)")
+    n.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    n.add_argument("--repeats", type=int, default=20, help="timed calls per variant after warm-up (default 20)")
+    n.add_argument("--backends", nargs="+", default=["torch", "compile", "onnxruntime", "tensorrt"],
+                   help="which backends to time (default: all; those not installed are skipped with a warning)")
+    n.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    s = sub.add_parser("sam", help="Cellpose-SAM-style ViT segmentation of 1200x1200 images, side by side with "
+                                   "cellpose 4.x when importable")
+    s.add_argument("--arch", default="vit_l", help="ViT preset (default vit_l, Cellpose-SAM's size)")
+    s.add_argument("--images", type=int, default=4, help="images per timed run (default 4)")
+    s.add_argument("--size", type=int, default=1200, help="image side (default 1200)")
+    s.add_argument("--repeats", type=int, default=2, help="timed runs after a warm-up (default 2)")
+    s.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="bf16")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch")
+    s.add_argument("--no-cellpose", action="store_true", help="skip cellpose 4.x's CellposeModel.eval")
+    s.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.cmd == "segment":
+    if args.cmd == "net":
+        from .bench_net import bench_net
+        res = bench_net(args.arch, args.batch_sizes, args.device, args.repeats, args.backends)
+    elif args.cmd == "sam":
+        from .bench_net import bench_sam
+        res = bench_sam(args.arch, args.images, args.size, args.repeats, args.precision, args.batch_size,
+                        args.backend, not args.no_cellpose)
+    elif args.cmd == "segment":
         res = bench_segment(args.model, args.images, args.size, args.repeats, args.device, args.precision,
                             args.batch_size, not args.no_cellpose, args.backend, args.files)
     else:
