@@ -388,3 +388,30 @@ def test_cuda_big_mask_and_tensors():
     f_gpu = fc.masks_to_flows(t, niter=300)
     assert f_gpu.is_cuda
     assert np.array_equal(f_gpu.cpu().numpy(), f_cpu)
+
+
+@pytest.mark.cuda
+def test_cuda_shared_memory_paths_and_host_threads():
+    """Masks whose padded boxes need < 48 KiB, 48-64 KiB (the raised dynamic shared-memory limit) and > 64 KiB
+    (global scratch) of the diffusion kernel, from one host thread and from several at once: all bitwise equal
+    to the CPU."""
+    import concurrent.futures as cf
+
+    torch = pytest.importorskip("torch")
+    lab = np.zeros((300, 300), np.int32)
+    for k, (y, x, s) in enumerate([(2, 2, 20), (30, 2, 76), (110, 2, 80), (200, 2, 90), (2, 100, 130)]):
+        lab[y:y + s, x:x + s] = k + 1
+    with fc.use_backend("cpu"):
+        f_cpu = fc.masks_to_flows(lab)
+        e_cpu = fc.flow_errors(lab, 5 * f_cpu + 0.5)
+    t = torch.from_numpy(lab).cuda()
+
+    def run(_):
+        f = fc.masks_to_flows(t)
+        e = fc.flow_errors(t, 5 * f + 0.5)
+        torch.cuda.synchronize()
+        return f.cpu().numpy(), e.cpu().numpy()
+
+    for f, e in [run(0)] + list(cf.ThreadPoolExecutor(4).map(run, range(8))):
+        assert np.array_equal(f, f_cpu)
+        assert np.array_equal(e, e_cpu)

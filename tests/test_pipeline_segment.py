@@ -180,3 +180,35 @@ def test_tile_normalisation_flattens_uneven_illumination():
     assert t[:, :64][left].mean() > 0.7 * t[:, -64:][right].mean()
     with pytest.raises(ValueError):
         normalize_tiles(img[None], blocksize=2)
+
+
+def test_segment_many_matches_segment_with_real_masks(device):
+    """Pooled segment_many (on a GPU: the next group's network queued before this group's masks are recovered
+    on a second stream) gives segment()'s masks, with cells big enough for every shared-memory path of the
+    flow kernels."""
+    imgs = [_oracle_image(random_labels((256, 256), n, diameter=d, seed=s))[0]
+            for n, d, s in ((40, 22, 1), (6, 80, 2), (20, 40, 3), (3, 90, 4))]
+    seg = Segmenter(Oracle(), device=device, precision="fp32", batch_size=4)
+    many = list(seg.segment_many(iter(imgs), channel_axis=0, normalize=False))
+    assert len(many) == len(imgs)
+    for img, r in zip(imgs, many):
+        one = seg.segment(img, channel_axis=0, normalize=False)
+        assert r.masks.max() > 0
+        np.testing.assert_array_equal(r.masks, one.masks)
+
+
+@pytest.mark.parametrize("kind", ["uint8", "uint16", "constant", "fractional", "negative", "one pixel"])
+def test_percentiles_equal_numpy_exactly(kind):
+    """The histogram path for integer-valued channels returns exactly np.percentile's values (and the
+    general path is np.percentile itself); normalisation is therefore unchanged bit for bit."""
+    from fastpose.pipeline import normalize_percentile, percentiles
+    rng = np.random.default_rng(7)
+    a = {"uint8": rng.integers(0, 256, (97, 131)), "uint16": rng.integers(0, 65536, (211, 89)) // rng.integers(1, 9),
+         "constant": np.full((40, 40), 17), "fractional": rng.random((50, 60)) * 1000,
+         "negative": rng.integers(-300, 300, (64, 64)), "one pixel": np.array([[42]])}[kind].astype(np.float32)
+    qs = [0.0, 1.0, 37.3, 99.0, 99.99, 100.0]
+    assert np.array_equal(np.array(percentiles(a, qs)), np.percentile(a, qs))
+    x = a[None]
+    lo, hi = np.percentile(a, [1, 99])
+    ref = ((a - lo) / (hi - lo))[None] if hi - lo > 1e-3 * max(abs(hi), 1e-12) and hi > lo else np.zeros_like(x)
+    np.testing.assert_allclose(normalize_percentile(x), ref, rtol=1e-6, atol=1e-7)

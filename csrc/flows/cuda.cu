@@ -10,6 +10,9 @@
 //    atomics), which the CPU backend reproduces exactly.
 #include <climits>
 #include <cstdint>
+#include <mutex>
+#include <set>
+#include <stdexcept>
 #include <string>
 
 #include "common/cuda_utils.cuh"
@@ -302,6 +305,26 @@ int64_t smem_limit_bytes() {
   return lim;
 }
 
+/// Raise the kernel's dynamic shared-memory limit to `limit` bytes once per device (process-wide, under a
+/// lock), rather than per call: a per-call cudaFuncSetAttribute lowering the limit between another host thread's
+/// attribute call and its launch would make that launch fail.
+template <int NDIM>
+void allow_dynamic_smem(int64_t limit) {
+  static std::mutex mu;
+  static std::set<int> done;
+  int dev = 0;
+  FP_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count(dev)) return;
+  FP_CUDA_CHECK(cudaFuncSetAttribute(mask_flows_kernel<NDIM>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
+  cudaFuncAttributes attr{};
+  FP_CUDA_CHECK(cudaFuncGetAttributes(&attr, mask_flows_kernel<NDIM>));
+  if (int64_t(attr.maxDynamicSharedSizeBytes) < limit)
+    throw ::fastpose::Error("fastpose: mask_flows_kernel accepts " + std::to_string(attr.maxDynamicSharedSizeBytes) +
+                             " bytes of dynamic shared memory, " + std::to_string(limit) + " needed");
+  done.insert(dev);
+}
+
 /// Flows of labels 1..maxlab with statistics st (flows fully overwritten).
 void device_flows(const int32_t* labels, const Shape& shape, const LabelStats* st, int64_t maxlab, int niter,
                   float* flows, cudaStream_t stream) {
@@ -322,17 +345,21 @@ void device_flows(const int32_t* labels, const Shape& shape, const LabelStats* s
   cuda::DeviceBuffer<unsigned char> scratch(int64_t(h[0]), stream);
   const int smem = int(h[1]);
   if (shape.ndim == 3) {
-    if (smem > 48 * 1024)
-      FP_CUDA_CHECK(cudaFuncSetAttribute(mask_flows_kernel<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if (smem > 48 * 1024) allow_dynamic_smem<3>(smem_limit);
     mask_flows_kernel<3><<<unsigned(maxlab), kThreads, smem, stream>>>(labels, shape, st, offs.get(), scratch.get(),
                                                                       smem_limit, niter, flows);
   } else {
-    if (smem > 48 * 1024)
-      FP_CUDA_CHECK(cudaFuncSetAttribute(mask_flows_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if (smem > 48 * 1024) allow_dynamic_smem<2>(smem_limit);
     mask_flows_kernel<2><<<unsigned(maxlab), kThreads, smem, stream>>>(labels, shape, st, offs.get(), scratch.get(),
                                                                       smem_limit, niter, flows);
   }
-  FP_CUDA_LAUNCH_CHECK();
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    const std::string what = "mask_flows_kernel launch (" + std::to_string(maxlab) + " blocks of " +
+                             std::to_string(kThreads) + " threads, " + std::to_string(smem) +
+                             " bytes of dynamic shared memory)";
+    ::fastpose::cuda::throw_cuda(err, what.c_str(), __FILE__, __LINE__);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
