@@ -18,6 +18,10 @@ def cases(small: bool = False):
     yield "empty", np.zeros((40, 30), np.int32)
     yield "tiny", np.ones((1, 1), np.int32)
     yield "line", np.ones((1, 50), np.int32)
+    sq = np.zeros((200, 200), np.int32)
+    for k, (y, x, s) in enumerate([(2, 2, 70), (2, 100, 76), (100, 2, 90)]):  # every shared-memory path
+        sq[y:y + s, x:x + s] = k + 1
+    yield "big masks", sq
     if small:
         return
     n = 264

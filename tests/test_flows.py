@@ -392,15 +392,22 @@ def test_cuda_big_mask_and_tensors():
 
 @pytest.mark.cuda
 def test_cuda_shared_memory_paths_and_host_threads():
-    """Masks whose padded boxes need < 48 KiB, 48-64 KiB (the raised dynamic shared-memory limit) and > 64 KiB
-    (global scratch) of the diffusion kernel, from one host thread and from several at once: all bitwise equal
-    to the CPU."""
+    """Masks whose padded boxes need < 44 KiB, 44-48 KiB (over the default 48 KiB with the kernel's 4 KiB of
+    static arrays: the window that once failed to launch), 48-64 KiB, and > 64 KiB (global scratch) of the
+    diffusion kernel, in 2D and 3D, from one host thread and from several at once: all bitwise equal to the CPU."""
     import concurrent.futures as cf
 
     torch = pytest.importorskip("torch")
     lab = np.zeros((300, 300), np.int32)
-    for k, (y, x, s) in enumerate([(2, 2, 20), (30, 2, 76), (110, 2, 80), (200, 2, 90), (2, 100, 130)]):
+    for k, (y, x, s) in enumerate([(2, 2, 20), (30, 2, 76), (110, 2, 80), (200, 2, 90), (2, 100, 130),
+                                   (140, 100, 70)]):
         lab[y:y + s, x:x + s] = k + 1
+    vol = np.zeros((24, 40, 40), np.int32)
+    vol[2:18, 3:18, 3:18] = 1  # padded box 18x17x17 = 5202 voxels x 9 bytes: 45.7 KiB, in the window
+    vol[2:10, 22:30, 22:30] = 2
+    with fc.use_backend("cpu"):
+        fv = fc.masks_to_flows(vol)
+    assert np.array_equal(fc.masks_to_flows(torch.from_numpy(vol).cuda()).cpu().numpy(), fv)
     with fc.use_backend("cpu"):
         f_cpu = fc.masks_to_flows(lab)
         e_cpu = fc.flow_errors(lab, 5 * f_cpu + 0.5)

@@ -305,9 +305,10 @@ int64_t smem_limit_bytes() {
   return lim;
 }
 
-/// Raise the kernel's dynamic shared-memory limit to `limit` bytes once per device (process-wide, under a
-/// lock), rather than per call: a per-call cudaFuncSetAttribute lowering the limit between another host thread's
-/// attribute call and its launch would make that launch fail.
+/// Raise the kernel's dynamic shared-memory limit to `limit` bytes, once per device (process-wide, under a lock).
+/// Needed whenever static + dynamic shared memory exceeds the 48 KiB default, i.e. for dynamic sizes above
+/// 48 KiB minus the kernel's 4 KiB of static arrays: a launch in that window without it fails with "invalid
+/// argument" (seen on an H100 with masks of ~70x70 pixels).
 template <int NDIM>
 void allow_dynamic_smem(int64_t limit) {
   static std::mutex mu;
@@ -321,7 +322,7 @@ void allow_dynamic_smem(int64_t limit) {
   FP_CUDA_CHECK(cudaFuncGetAttributes(&attr, mask_flows_kernel<NDIM>));
   if (int64_t(attr.maxDynamicSharedSizeBytes) < limit)
     throw ::fastpose::Error("fastpose: mask_flows_kernel accepts " + std::to_string(attr.maxDynamicSharedSizeBytes) +
-                             " bytes of dynamic shared memory, " + std::to_string(limit) + " needed");
+                            " bytes of dynamic shared memory, " + std::to_string(limit) + " needed");
   done.insert(dev);
 }
 
@@ -345,11 +346,11 @@ void device_flows(const int32_t* labels, const Shape& shape, const LabelStats* s
   cuda::DeviceBuffer<unsigned char> scratch(int64_t(h[0]), stream);
   const int smem = int(h[1]);
   if (shape.ndim == 3) {
-    if (smem > 48 * 1024) allow_dynamic_smem<3>(smem_limit);
+    if (smem > 0) allow_dynamic_smem<3>(smem_limit);
     mask_flows_kernel<3><<<unsigned(maxlab), kThreads, smem, stream>>>(labels, shape, st, offs.get(), scratch.get(),
                                                                       smem_limit, niter, flows);
   } else {
-    if (smem > 48 * 1024) allow_dynamic_smem<2>(smem_limit);
+    if (smem > 0) allow_dynamic_smem<2>(smem_limit);
     mask_flows_kernel<2><<<unsigned(maxlab), kThreads, smem, stream>>>(labels, shape, st, offs.get(), scratch.get(),
                                                                       smem_limit, niter, flows);
   }
