@@ -419,6 +419,8 @@ def test_cuda_shared_memory_paths_and_host_threads():
         torch.cuda.synchronize()
         return f.cpu().numpy(), e.cpu().numpy()
 
-    for f, e in [run(0)] + list(cf.ThreadPoolExecutor(4).map(run, range(8))):
+    with cf.ThreadPoolExecutor(4) as pool:
+        results = [run(0)] + list(pool.map(run, range(8)))
+    for f, e in results:
         assert np.array_equal(f, f_cpu)
         assert np.array_equal(e, e_cpu)
