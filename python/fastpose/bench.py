@@ -312,7 +312,11 @@ def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 10
             "ratios": ratios}
 
 
-def _bench_cellpose_eval(path: str, imgs: List[np.ndarray], gpu: bool, repeats: int) -> List[Timing]:
+def _time_cellpose_eval(path: str, imgs: List[np.ndarray], gpu: bool, repeats: int, tag: str,
+                        **eval_kw: Any) -> List[Timing]:
+    """``cellpose.models.CellposeModel(pretrained_model=path).eval`` over ``imgs``, timed as
+    ``cellpose.CellposeModel.eval[tag]``; ``[]`` when cellpose is missing or fails (a broken cellpose install
+    must not lose fastpose's own figures).  A callable keyword value is called with the loaded model."""
     try:
         import torch
         from cellpose import models as cpmodels
@@ -322,18 +326,22 @@ def _bench_cellpose_eval(path: str, imgs: List[np.ndarray], gpu: bool, repeats: 
     sync = torch.cuda.synchronize if gpu else None
     try:
         m = cpmodels.CellposeModel(gpu=gpu, pretrained_model=path)
-        diam = float(m.diam_mean)
+        kw = {k: v(m) if callable(v) else v for k, v in eval_kw.items()}
 
         def run():
             for img in imgs:
-                m.eval(img, channels=[1, 2], channel_axis=-1, diameter=diam, flow_threshold=0.4,
-                       cellprob_threshold=0.0)
-        t = time_call("cellpose.CellposeModel.eval[e2e]", "cuda" if gpu else "cpu", run, max(1, repeats - 1), sync)
-    except Exception as e:  # noqa: BLE001 - a broken cellpose install must not lose fastpose's own figures
+                m.eval(img, channel_axis=-1, flow_threshold=0.4, cellprob_threshold=0.0, **kw)
+        t = time_call(f"cellpose.CellposeModel.eval[{tag}]", "cuda" if gpu else "cpu", run, max(1, repeats - 1), sync)
+    except Exception as e:  # noqa: BLE001
         log.warning("cellpose comparison failed: %s", e)
         return []
     t.extra["images_per_s"] = len(imgs) / t.median_s
     return [t]
+
+
+def _bench_cellpose_eval(path: str, imgs: List[np.ndarray], gpu: bool, repeats: int) -> List[Timing]:
+    return _time_cellpose_eval(path, imgs, gpu, repeats, "e2e", channels=[1, 2],
+                               diameter=lambda m: float(m.diam_mean))
 
 
 def _print_table(res: Dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bench import Timing, machine_header, time_call
+from .bench import Timing, _time_cellpose_eval, machine_header, time_call
 
 log = logging.getLogger("fastpose.bench")
 
@@ -166,26 +166,12 @@ def bench_sam(arch: str = "vit_l", n_images: int = 4, size: int = 1200, repeats:
 
 def _cellpose4_eval(path: str, imgs: List[np.ndarray], gpu: bool, repeats: int, batch_size: int) -> List[Timing]:
     try:
-        import torch
         from importlib.metadata import version
-
-        from cellpose import models as cpmodels
-        if int(version("cellpose").split(".")[0]) < 4:
-            log.info("cellpose %s is not 4.x: skipping the Cellpose-SAM comparison", version("cellpose"))
-            return []
+        major = int(version("cellpose").split(".")[0])
     except Exception:  # noqa: BLE001
-        log.info("cellpose not importable: skipping the side-by-side comparison")
+        log.info("cellpose not installed: skipping the side-by-side comparison")
         return []
-    sync = torch.cuda.synchronize if gpu else None
-    try:
-        m = cpmodels.CellposeModel(gpu=gpu, pretrained_model=path)
-
-        def run():
-            for img in imgs:
-                m.eval(img, channel_axis=-1, batch_size=batch_size, flow_threshold=0.4, cellprob_threshold=0.0)
-        t = time_call("cellpose.CellposeModel.eval[sam]", "cuda" if gpu else "cpu", run, max(1, repeats - 1), sync)
-    except Exception as e:  # noqa: BLE001 - a broken cellpose install must not lose fastpose's own figures
-        log.warning("cellpose 4 comparison failed: %s", e)
+    if major < 4:
+        log.info("cellpose %s is not 4.x: skipping the Cellpose-SAM comparison", version("cellpose"))
         return []
-    t.extra["images_per_s"] = len(imgs) / t.median_s
-    return [t]
+    return _time_cellpose_eval(path, imgs, gpu, repeats, "sam", batch_size=batch_size)
