@@ -30,6 +30,8 @@ def test_bench_segment_on_user_files(tmp_path: Path):
     res = json.loads(out.read_text())
     names = [t["name"] for t in res["timings"]]
     assert names[0] == "load[files]" and "write masks TIFF[1 image]" in names
+    for stage in ("normalise", "tiles", "network", "blend", "tracking", "clustering", "flow QC", "fill holes"):
+        assert any(n.startswith(stage + "[1 image") for n in names), stage
     assert res["inputs"]["segment"]["files"] is True
 
 

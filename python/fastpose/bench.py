@@ -296,10 +296,7 @@ def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 10
                                                                                True, False), repeats))
     results.append(time_call("network+blend[1 image]", seg.device.type,
                              lambda: seg._flows_2d(x, 1.0, False, 0.1), repeats, sync))
-    import fastpose.core as fc
-    with fc.use_backend(dev):
-        results.append(time_call("compute_masks[1 image]", dev,
-                                 lambda: fc.compute_masks(r.flows, r.cellprob), repeats, sync))
+    results += _stage_timings(seg, x, r, repeats, sync)
     results.append(time_call("write masks TIFF[1 image]", "cpu",
                              lambda: write_tiff_atomic(os.path.join(tmpdir, "m_masks.tif"), r.masks), repeats))
     info = {"images": n_images, "size": size, "files": bool(files), "model": model or "random full-width U-Net", "backend": backend,
@@ -310,6 +307,49 @@ def bench_segment(model: Optional[str] = None, n_images: int = 4, size: int = 10
     ratios = {f"segment vs {t.name}": t.median_s / ours for t in results if t.name.startswith("cellpose.")}
     return {"machine": machine_header(), "inputs": {"segment": info}, "timings": [asdict(t) for t in results],
             "ratios": ratios}
+
+
+def _stage_timings(seg: Any, x: np.ndarray, r: Any, repeats: int, sync: Optional[Callable[[], None]]) -> List[Timing]:
+    """One image's pipeline stage by stage: tiling, network, blending, tracking, clustering, flow QC, clean-up,
+    and the whole mask recovery (``compute_masks``), each on the device the pipeline uses for it."""
+    import torch
+
+    import fastpose.core as fc
+    dev = seg.core_device
+    core = torch.device("cuda" if dev == "cuda" else "cpu")
+    ndev = seg.device.type
+    pad = [(-n) % 16 for n in x.shape[-2:]]
+    xt = torch.nn.functional.pad(torch.from_numpy(x[None]).to(core), (0, pad[1], 0, pad[0])).contiguous()
+    out: List[Timing] = [time_call("tiles[1 image]", dev, lambda: fc.make_tiles(xt, bsize=seg.bsize, overlap=0.1),
+                                   repeats, sync)]
+    tiles, grid = fc.make_tiles(xt, bsize=seg.bsize, overlap=0.1)
+    flat = tiles.reshape(-1, *tiles.shape[2:])
+    amp = ndev == "cuda" and seg.precision in ("fp16", "bf16")
+    dt = torch.float16 if seg.precision == "fp16" else torch.bfloat16
+    bs = seg.batch_size
+
+    def network() -> torch.Tensor:
+        ys = []
+        with torch.inference_mode(), torch.autocast(ndev, dtype=dt, enabled=amp):
+            for i in range(0, flat.shape[0], bs):
+                ys.append(seg.runners[0](flat[i:i + bs].to(seg.device))[0][:, :3].float().to(core))
+        return torch.cat(ys)
+    out.append(time_call(f"network[1 image, {flat.shape[0]} tiles]", ndev, network, repeats, sync))
+    y = network().reshape(1, tiles.shape[1], 3, *flat.shape[-2:])
+    out.append(time_call("blend[1 image]", dev, lambda: fc.blend_tiles(y, grid, flow_channels=(0, 1)), repeats, sync))
+    to = (lambda a: torch.as_tensor(a).to(core)) if dev == "cuda" else np.asarray  # noqa: E731
+    D, P = to(r.flows), to(r.cellprob)
+    M = P > 0
+    with fc.use_backend(dev):
+        pos = fc.follow_flows(D, M)
+        lab = fc.get_masks(pos, M)
+        out.append(time_call("tracking[1 image]", dev, lambda: fc.follow_flows(D, M), repeats, sync))
+        out.append(time_call("clustering[1 image]", dev, lambda: fc.get_masks(pos, M), repeats, sync))
+        out.append(time_call("flow QC[1 image]", dev, lambda: fc.remove_bad_flow_masks(lab, D, 0.4), repeats, sync))
+        out.append(time_call("fill holes[1 image]", dev, lambda: fc.fill_holes_and_remove_small_masks(lab), repeats,
+                             sync))
+        out.append(time_call("compute_masks[1 image]", dev, lambda: fc.compute_masks(D, P), repeats, sync))
+    return out
 
 
 def _time_cellpose_eval(path: str, imgs: List[np.ndarray], gpu: bool, repeats: int, tag: str,
