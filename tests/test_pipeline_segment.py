@@ -197,7 +197,7 @@ def test_segment_many_matches_segment_with_real_masks(device):
         np.testing.assert_array_equal(r.masks, one.masks)
 
 
-@pytest.mark.parametrize("kind", ["uint8", "uint16", "constant", "fractional", "negative", "one pixel"])
+@pytest.mark.parametrize("kind", ["uint8", "uint16", "constant", "fractional", "negative", "one pixel", "huge"])
 def test_percentiles_equal_numpy_exactly(kind):
     """The histogram path for integer-valued channels returns exactly np.percentile's values (and the
     general path is np.percentile itself); normalisation is therefore unchanged bit for bit."""
@@ -205,7 +205,8 @@ def test_percentiles_equal_numpy_exactly(kind):
     rng = np.random.default_rng(7)
     a = {"uint8": rng.integers(0, 256, (97, 131)), "uint16": rng.integers(0, 65536, (211, 89)) // rng.integers(1, 9),
          "constant": np.full((40, 40), 17), "fractional": rng.random((50, 60)) * 1000,
-         "negative": rng.integers(-300, 300, (64, 64)), "one pixel": np.array([[42]])}[kind].astype(np.float32)
+         "negative": rng.integers(-300, 300, (64, 64)), "one pixel": np.array([[42]]),
+         "huge": rng.integers(0, 2**24, (30, 30))}[kind].astype(np.float32)
     qs = [0.0, 1.0, 37.3, 99.0, 99.99, 100.0]
     assert np.array_equal(np.array(percentiles(a, qs)), np.percentile(a, qs))
     x = a[None]

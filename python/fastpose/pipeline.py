@@ -113,7 +113,7 @@ def percentiles(ch: np.ndarray, qs: Sequence[float]) -> List[float]:
     if n == 0:
         raise ValueError("cannot normalise an empty image")
     lo, hi = float(flat.min()), float(flat.max())
-    if lo < 0 or hi > 65535:
+    if not (lo >= 0 and hi <= 65535):  # negative, large, or NaN
         return [float(v) for v in np.percentile(flat, qs)]
     iv = flat.astype(np.int32)
     if not np.array_equal(iv, flat):
