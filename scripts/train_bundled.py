@@ -85,7 +85,7 @@ def lr_at(frac: float, lr: float) -> float:
 
 
 def train_timed(data, diam_mean: float, minutes: float, device: torch.device, nbase, batch: int = 8,
-                workers: int = 8, seed: int = 0, lr: float = 0.2):
+                workers: int = 8, seed: int = 0, lr: float = 0.2, compile_backend: str = ""):
     global _DATA
     _DATA = data
     torch.manual_seed(seed)
@@ -94,6 +94,9 @@ def train_timed(data, diam_mean: float, minutes: float, device: torch.device, nb
     if cl:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
+    # torch.compile fuses batch-norm / ReLU / residual adds into the convolutions for the training step (the
+    # first steps pay for the compilation inside the time budget); the plain module is what gets saved
+    fwd = torch.compile(net, backend=compile_backend, dynamic=False) if compile_backend else net
     amp = device.type == "cuda"
     ctx = mp.get_context("fork")
     budget = minutes * 60.0
@@ -122,7 +125,7 @@ def train_timed(data, diam_mean: float, minutes: float, device: torch.device, nb
                 fb = torch.from_numpy(f[b:b + batch]).to(device).float()
                 mb = torch.from_numpy(m[b:b + batch]).to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    y, _ = net(xb)
+                    y, _ = fwd(xb)
                 loss = seg_loss(y, fb, mb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -169,6 +172,9 @@ def main(argv=None) -> int:
     p.add_argument("--nbase", type=int, nargs="+", default=[2, 32, 64, 128, 256])
     p.add_argument("--batch", type=int, default=8, help="crops per SGD step (Cellpose: 8)")
     p.add_argument("--lr", type=float, default=0.2, help="peak SGD learning rate (Cellpose: 0.2)")
+    p.add_argument("--compile", default="", metavar="BACKEND",
+                   help="torch.compile the training step with this backend (inductor on a GPU; aot_eager for a "
+                        "quick check); default: eager")
     p.add_argument("--limit", type=int, default=0, help="use only this many training images (smoke tests)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -191,9 +197,9 @@ def main(argv=None) -> int:
     val = from_arrays(vi, vm, nchan=2)
     log.info("%s: %d train, %d val images; diam_labels %.1f", args.which, len(train), len(val), train.diam_labels)
     net, info = train_timed(train, diam_mean, args.minutes, device, args.nbase, batch=args.batch,
-                            workers=args.workers, lr=args.lr)
+                            workers=args.workers, lr=args.lr, compile_backend=args.compile)
     net = net.to(memory_format=torch.contiguous_format)
-    info.update(batch=args.batch, lr=args.lr)
+    info.update(batch=args.batch, lr=args.lr, compile=args.compile or None)
     sm = train_size_model(net, train, n_epochs=2, device=device)
     meta = {"arch": net.arch() if hasattr(net, "arch") else {"type": "unet"}, "nchan": 2, "diam_mean": diam_mean,
             "size_model": sm}
