@@ -21,14 +21,14 @@ __version__: str = _core.version()
 logging.getLogger("fastpose").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import SegmentResult, Segmenter, segment
+    from .inference import SegmentResult, Segmenter, segment
 
 
 def __getattr__(name: str) -> Any:
-    # the pipeline imports PyTorch: load it on first use, so `import fastpose` stays light
+    # inference imports PyTorch: load it on first use, so `import fastpose` stays light
     if name in ("segment", "Segmenter", "SegmentResult"):
-        import importlib
-        return getattr(importlib.import_module("fastpose.pipeline"), name)
+        from . import inference
+        return getattr(inference, name)
     raise AttributeError(f"module 'fastpose' has no attribute {name!r}")
 
 

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -108,9 +108,9 @@ def _stem(p: Path) -> str:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .inference import Segmenter
     from .io import read_image
     from .outputs import write_outputs
-    from .pipeline import Segmenter
 
     kinds = [k.strip() for k in args.save.split(",") if k.strip()]
     files = find_inputs(args.inputs, args.recursive)
@@ -119,9 +119,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    todo = [f for f in files if not (args.skip_existing and (out / f"{_stem(f)}_masks.tif").exists())]
+    skipped = len(files) - len(todo)
     seg = Segmenter(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size,
                     backend=args.backend)
-    log.info("%d image(s); model %s on %s (core: %s)", len(files), args.model, seg.device, seg.core_device)
+    log.info("%d image(s); model %s on %s (core: %s)", len(todo), args.model, seg.device, seg.core_device)
     kw = dict(channel_axis=args.channel_axis, z_axis=args.z_axis, channels=args.channels,
               diameter=None if args.diameter is None else args.diameter, do_3D=args.do_3d,
               anisotropy=args.anisotropy, stitch_threshold=args.stitch_threshold, augment=args.augment,
@@ -129,17 +131,28 @@ def _cmd_segment(args: argparse.Namespace) -> int:
               min_size=args.min_size, niter=args.niter, invert=args.invert,
               normalize=False if args.no_norm else ("tile" if args.tile_norm else True),
               return_flows="seg_npy" in kinds)
-    done = skipped = 0
+    # images are read on the stream's worker threads; each is kept here until its outputs are written
+    loaded: Dict[Path, np.ndarray] = {}
+
+    def loader(f: Path):
+        def load() -> np.ndarray:
+            img = read_image(f)
+            loaded[f] = img
+            return img
+        return load
+
+    done = 0
     failed: List[str] = []
-    for f in tqdm(files, desc="segment", unit="img", disable=args.quiet or None):
-        stem = _stem(f)
-        if args.skip_existing and (out / f"{stem}_masks.tif").exists():
-            skipped += 1
+    results = seg.segment_many((loader(f) for f in todo), return_errors=True, **kw)
+    for f, res in tqdm(zip(todo, results), total=len(todo), desc="segment", unit="img",
+                       disable=args.quiet or None):
+        img = loaded.pop(f, None)
+        if isinstance(res, Exception):  # unreadable or unusable input: reported, the batch goes on
+            failed.append(str(f))
+            log.error("%s: %s", f, res)
             continue
         try:
-            img = read_image(f)
-            res = seg.segment(img, **kw)
-            write_outputs(out, stem, kinds, img, res.masks, str(f), res.flows, res.cellprob, res.diameter)
+            write_outputs(out, _stem(f), kinds, img, res.masks, str(f), res.flows, res.cellprob, res.diameter)
             done += 1
             log.debug("%s: %d masks", f, int(res.masks.max()))
         except (ValueError, OSError, RuntimeError) as e:
@@ -185,14 +198,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _matched(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> int:
-    a = a.ravel().astype(np.int64)
-    b = b.ravel().astype(np.int64)
-    both = (a > 0) & (b > 0)
-    nb = int(b.max()) + 1
-    pairs, inter = np.unique(a[both] * nb + b[both], return_counts=True)
-    sa, sb = np.bincount(a), np.bincount(b)
-    iou = inter / (sa[pairs // nb] + sb[pairs % nb] - inter)
-    return int((iou > thr).sum())
+    """Masks of ``a`` and ``b`` that match with IoU above ``thr``."""
+    from .labels import iou_pairs
+
+    return int((iou_pairs(a, b).iou > thr).sum())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,8 @@ A single ``torch.save``'d dict, readable with ``torch.load(path, weights_only=Tr
       "diam_labels": float,                # mean diameter of the training labels
       "normalize": {"lower": 1.0, "upper": 99.0, "invert": False},  # input percentile normalisation
       "size_model": None or {"A": [...], "smean": [...], "ymean": float},  # style -> log-diameter
+      "spec": {"family": "cellpose", "nchan": 2, "tile": 224, ...},    # ModelSpec.to_dict() (models/spec.py);
+                                           # optional: files without it get one inferred from "arch" at load
       "extra": {...},                      # optional free-form metadata (plain Python types only)
     }
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
@@ -44,11 +47,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .spec import DEFAULT_NORMALIZE, ModelSpec
 from .unet import UNet
 from .vit import VIT_PRESETS, ViT
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "BUILTIN_MODELS", "DEFAULT_NORMALIZE", "build_model", "save_model",
-           "load_model", "model_from_state_dict", "resolve_model_path"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "BUILTIN_MODELS", "DEFAULT_NORMALIZE", "ARCHITECTURES", "Architecture",
+           "register_architecture", "build_model", "spec_of", "save_model", "load_model", "model_from_state_dict",
+           "resolve_model_path"]
 
 log = logging.getLogger("fastpose.models")
 
@@ -67,9 +72,6 @@ BUILTIN_MODELS: Dict[str, Union[str, os.PathLike, Callable[[], Union[str, os.Pat
     "cyto": _WEIGHTS / "cyto.pth",
 }
 
-#: Cellpose's default input normalisation: per channel, 1st -> 0 and 99th percentile -> 1.
-DEFAULT_NORMALIZE: Dict[str, Any] = {"lower": 1.0, "upper": 99.0, "invert": False}
-
 _CPNET_KEY = "downsample.down.res_down_0.conv.conv_0.0.weight"
 _CPSAM_KEYS = ("W2", "encoder.patch_embed.proj.weight", "encoder.pos_embed", "out.weight")
 _EXPECTED = ("a fastpose model file (a torch.save'd dict with format='fastpose-model'), a Cellpose 2/3 "
@@ -85,23 +87,79 @@ DeviceLike = Union[str, torch.device, None]
 # building
 # --------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Architecture:
+    """A network architecture that model files can name in ``arch["type"]``.
+
+    ``build(diam_mean=..., **kwargs)`` constructs the untrained network; ``spec_defaults(net)`` gives the
+    :class:`ModelSpec` fields that depend on the architecture (tile, padding, rescaling), used for files that
+    store no spec (Cellpose checkpoints, fastpose files written before the spec).
+    """
+
+    build: Callable[..., nn.Module]
+    spec_defaults: Callable[[nn.Module], Dict[str, Any]]
+
+
+def _build_vit(diam_mean: float = 30.0, preset: Optional[str] = None, **kw: Any) -> nn.Module:
+    if preset is not None:
+        return ViT.from_preset(str(preset), diam_mean=diam_mean, **kw)
+    return ViT(diam_mean=diam_mean, **kw)
+
+
+#: ``arch["type"]`` -> :class:`Architecture`.  New network families register here (:func:`register_architecture`).
+ARCHITECTURES: Dict[str, Architecture] = {
+    # the Cellpose U-Net halves the size three times: pad to a multiple of 16; 224 tiles; resized by diameter
+    "unet": Architecture(UNet, lambda net: {"tile": 224, "pad_multiple": 16, "pad_to_tile": False,
+                                            "rescale_by_diameter": True}),
+    # Cellpose-SAM's ViT takes tiles of exactly its input size and is trained to be size-invariant
+    "vit": Architecture(_build_vit, lambda net: {"tile": int(getattr(net, "img_size", 256)), "pad_multiple": 1,
+                                                 "pad_to_tile": True, "rescale_by_diameter": False}),
+}
+
+
+def register_architecture(name: str, build: Callable[..., nn.Module],
+                          spec_defaults: Callable[[nn.Module], Dict[str, Any]]) -> None:
+    """Make ``arch={"type": name, **kwargs}`` loadable: ``build(diam_mean=..., **kwargs)`` builds the network."""
+    ARCHITECTURES[str(name)] = Architecture(build, spec_defaults)
+
+
 def build_model(arch: Mapping[str, Any], diam_mean: float = 30.0) -> nn.Module:
-    """Construct an untrained network from an ``arch`` dict (``{"type": "unet"|"vit", **kwargs}``)."""
+    """Construct an untrained network from an ``arch`` dict (``{"type": <registered name>, **kwargs}``)."""
     if not isinstance(arch, Mapping) or "type" not in arch:
-        raise ValueError(f"arch must be a dict with a 'type' of 'unet' or 'vit', got {arch!r}")
+        raise ValueError(f"arch must be a dict with a 'type' of {' or '.join(map(repr, ARCHITECTURES))}, got {arch!r}")
     kw = {k: v for k, v in arch.items() if k != "type"}
-    kind = arch["type"]
+    entry = ARCHITECTURES.get(arch["type"])
+    if entry is None:
+        raise ValueError(f"unknown arch type {arch['type']!r}; expected one of {', '.join(map(repr, ARCHITECTURES))}")
     try:
-        if kind == "unet":
-            return UNet(diam_mean=diam_mean, **kw)
-        if kind == "vit":
-            preset = kw.pop("preset", None)
-            if preset is not None:
-                return ViT.from_preset(str(preset), diam_mean=diam_mean, **kw)
-            return ViT(diam_mean=diam_mean, **kw)
+        return entry.build(diam_mean=diam_mean, **kw)
     except TypeError as e:  # unknown / missing kwargs
         raise ValueError(f"bad arch {dict(arch)!r}: {e}") from e
-    raise ValueError(f"unknown arch type {kind!r}; expected 'unet' or 'vit'")
+
+
+def _first_conv_channels(net: nn.Module) -> int:
+    for p in net.parameters():
+        if p.ndim == 4:
+            return int(p.shape[1])
+    return 2
+
+
+def spec_of(net: nn.Module, meta: Optional[Mapping[str, Any]] = None) -> ModelSpec:
+    """The :class:`ModelSpec` of a network: the one its file stored (``meta["spec"]``), else one inferred from
+    its architecture (Cellpose family), channel count, ``diam_mean`` and ``normalize``."""
+    meta = dict(meta or {})
+    if meta.get("spec"):
+        return ModelSpec.from_dict(meta["spec"])
+    arch = dict(meta.get("arch") or (net.arch() if callable(getattr(net, "arch", None)) else {}) or {})
+    kind = arch.get("type", "unet")
+    entry = ARCHITECTURES.get(kind)
+    if entry is None:
+        raise ValueError(f"no spec stored and unknown arch type {kind!r}: cannot tell how to run this network")
+    fields = dict(entry.spec_defaults(net))
+    nchan = meta.get("nchan") or getattr(net, "nchan", None) or _first_conv_channels(net)
+    diam = meta.get("diam_mean") or getattr(net, "diam_mean_value", None) or 30.0
+    return ModelSpec(nchan=int(nchan), diam_mean=float(diam),
+                     normalize=dict(meta.get("normalize") or DEFAULT_NORMALIZE), **fields)
 
 
 def _model_arch(model: nn.Module, meta: Mapping[str, Any]) -> Dict[str, Any]:
@@ -163,7 +221,7 @@ def save_model(path: PathLike, model: nn.Module, meta: Optional[Mapping[str, Any
     ``os.replace``, so readers never see a partial file.  Returns the path.
     """
     meta = dict(meta or {})
-    unknown = set(meta) - {"diam_mean", "diam_labels", "normalize", "size_model", "arch", "extra"}
+    unknown = set(meta) - {"diam_mean", "diam_labels", "normalize", "size_model", "arch", "spec", "extra"}
     if unknown:
         raise ValueError(f"unknown meta keys {sorted(unknown)}; put free-form data under meta['extra']")
     sd = model.state_dict()
@@ -179,6 +237,11 @@ def save_model(path: PathLike, model: nn.Module, meta: Optional[Mapping[str, Any
         "normalize": _plain(meta.get("normalize", DEFAULT_NORMALIZE), "normalize"),
         "size_model": _plain(meta.get("size_model"), "size_model"),
     }
+    # the spec agrees with the file's own diam_mean / normalize / channel count
+    spec = spec_of(model, {**meta, "arch": payload["arch"]}).with_(
+        diam_mean=diam_mean, normalize=dict(payload["normalize"]),
+        nchan=int(getattr(model, "nchan", None) or _first_conv_channels(model)))
+    payload["spec"] = spec.to_dict()
     if meta.get("extra") is not None:
         payload["extra"] = _plain(meta["extra"], "extra")
     # keep the stored parameters consistent with the metadata
@@ -367,6 +430,9 @@ def load_model(path_or_name: PathLike, device: DeviceLike = "cpu") -> Tuple[nn.M
         raise ValueError(f"{path}: contains a {type(obj).__name__}, not a model; expected {_EXPECTED}")
     meta["nchan"] = int(getattr(model, "nchan"))
     meta["path"] = str(path)
+    if isinstance(obj, Mapping) and obj.get("spec"):
+        meta["spec"] = dict(obj["spec"])
+    meta["spec"] = spec_of(model, meta).to_dict()
     model = model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
     model.fastpose_meta = meta
     log.info("loaded %s %s model from %s (diam_mean %.1f)", meta["format"], meta["arch"]["type"], path,

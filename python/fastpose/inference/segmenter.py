@@ -1,0 +1,327 @@
+"""The segmenter: a loaded model (or ensemble) and the data path, top to bottom.
+
+    image -> channels, normalise (transforms) -> resize by diameter -> tiles -> network -> blend (tiled)
+          -> resize back -> the family's post-processing (methods: cellpose = track -> cluster -> flow QC)
+
+2D images go through :meth:`Segmenter.segment_prepared`; volumes through :mod:`.volume` (``do_3D``: XY/ZY/ZX
+slices) or plane by plane with :func:`.volume.stitch3D`; streams of images through :mod:`.streaming`.  None of
+it branches on the family or the architecture: the model's :class:`~fastpose.models.ModelSpec` says how to run
+it and its family (:mod:`fastpose.methods`) what to do with the maps.  On a GPU every step after the upload
+stays on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .. import methods
+from ..core import cuda_available
+from ..models import load_model, spec_of
+from ..models.spec import ModelSpec
+from ..transforms import normalize as normalize_image
+from ..transforms import resize, scaled_size, to_channels_first
+from .result import SegmentResult
+from .tiled import run_tiled
+from .volume import stitch3D, volume_maps
+
+__all__ = ["Segmenter", "segment"]
+
+log = logging.getLogger("fastpose.inference")
+
+#: an image: NumPy array (or anything ``np.asarray`` takes) of any integer or float dtype
+ArrayLike = Any
+
+
+class Segmenter:
+    """A loaded model (or an ensemble) ready to segment many images.
+
+    Parameters
+    ----------
+    model : str, path, torch.nn.Module or a list of them
+        A bundled model name, a model file (fastpose's format or a Cellpose checkpoint), a network, or a
+        list for an ensemble (maps averaged, as in the Cellpose paper; the members must share one spec).
+    device : "auto", "cpu" or "cuda"
+        Where the network and the core run ("auto": the GPU when usable).
+    precision : "auto", "fp32", "fp16" or "bf16"
+        Network precision on the GPU ("auto" = fp16 there, fp32 on the CPU).
+    batch_size : int
+        Tiles per network batch.
+    backend : "torch", "compile", "onnxruntime" or "tensorrt"
+        How the network runs (see :mod:`fastpose.deploy.backends`): eager PyTorch (default), ``torch.compile``,
+        an ONNX export in onnxruntime, or a TensorRT engine (GPU; precision from ``precision``).
+
+    Attributes
+    ----------
+    spec : ModelSpec
+        How the network is run (tile, padding, outputs, rescaling, normalisation), from the model file.
+    family : fastpose.methods.Family
+        What is done with the maps (``spec.family``).
+    """
+
+    def __init__(self, model: Any = "nuclei", device: str = "auto", precision: str = "auto",
+                 batch_size: int = 8, backend: str = "torch") -> None:
+        from ..deploy.backends import check_backend, make_runner
+
+        check_backend(backend)
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' but PyTorch sees no CUDA GPU")
+        use_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda") if use_gpu else torch.device("cpu")
+        # the core runs on the GPU only when fastpose was built with CUDA; otherwise tensors come back
+        self.core_device = "cuda" if use_gpu and cuda_available() else "cpu"
+        if precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+        self.precision = ("fp16" if use_gpu else "fp32") if precision == "auto" else precision
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.batch_size = int(batch_size)
+        models = model if isinstance(model, (list, tuple)) else [model]
+        if not models:
+            raise ValueError("model list is empty")
+        self.nets: List[Any] = []
+        self.metas: List[Dict[str, Any]] = []
+        specs: List[ModelSpec] = []
+        for m in models:
+            if isinstance(m, torch.nn.Module):
+                net, meta = m, dict(getattr(m, "fastpose_meta", {}) or {})
+            else:
+                net, meta = load_model(m, device=self.device)
+            net = net.to(self.device).eval()
+            self.nets.append(net)
+            self.metas.append(meta)
+            specs.append(spec_of(net, meta))
+        for i, s in enumerate(specs[1:], 1):
+            if s != specs[0]:
+                diff = {k: (v, getattr(s, k)) for k, v in specs[0].to_dict().items() if s.to_dict()[k] != v}
+                raise ValueError(f"ensemble members must share one model spec; member {i} differs from member 0 "
+                                 f"in {diff}")
+        self.spec: ModelSpec = specs[0]
+        self.family = methods.get_family(self.spec.family)
+        self.size_model = self.metas[0].get("size_model")
+        self.backend = backend
+        #: what the tiled path calls per network: the module itself for "torch", else a backend runner
+        self.runners = [make_runner(net, backend, self.device, self.batch_size, self.precision) for net in self.nets]
+
+    # ---- what the spec says ---------------------------------------------------------------------
+    @property
+    def nchan(self) -> int:
+        """Input channels of the network."""
+        return self.spec.nchan
+
+    @property
+    def bsize(self) -> int:
+        """Tile side, pixels."""
+        return self.spec.tile
+
+    @property
+    def diam_mean(self) -> float:
+        """Cell diameter the network was trained at, pixels."""
+        return float(self.spec.diam_mean)
+
+    @property
+    def estimates_diameter(self) -> bool:
+        """Whether ``diameter=None`` estimates the diameter (a rescaling model with a size model and a family
+        that knows how) rather than meaning "no resizing"."""
+        return bool(self.spec.rescale_by_diameter and self.size_model and self.family.estimate_diameter)
+
+    # ---- building blocks --------------------------------------------------------------------------
+    def run_net(self, imgs: torch.Tensor, augment: bool = False,
+                tile_overlap: float = 0.1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Tiled network outputs of a batch [B, C, Y, X] of equally sized normalised images: (maps [B, n_outputs,
+        Y, X] float32 on the core's device, styles [B, S] or None); see :func:`.tiled.run_tiled`."""
+        return run_tiled(self.runners, imgs, self.spec, net_device=self.device,
+                         core_device=torch.device(self.core_device), batch_size=self.batch_size,
+                         precision=self.precision, augment=augment, tile_overlap=tile_overlap)
+
+    def prepare(self, image: ArrayLike, channel_axis: Optional[int] = None, z_axis: Optional[int] = None,
+                channels: Optional[Sequence[int]] = None, volume: bool = False, normalize: Union[bool, str] = True,
+                invert: bool = False) -> np.ndarray:
+        """Channels first (float32 [C, Y, X] or [C, Z, Y, X] with the model's channel count), normalised as the
+        model file says (``normalize=True``), per block (``"tile"``) or not at all (False); ``invert`` inverts
+        in addition to the model's own setting."""
+        x = to_channels_first(image, channel_axis, z_axis, channels, self.nchan, volume)
+        norm = self.spec.normalize
+        return normalize_image(x, normalize, float(norm["lower"]), float(norm["upper"]),
+                               bool(invert or norm.get("invert", False)))
+
+    def maps(self, x: np.ndarray, rescale: float = 1.0, augment: bool = False,
+             tile_overlap: float = 0.1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Maps of a prepared image [C, Y, X] (or a batch [B, C, Y, X] of equal size) resized by ``rescale`` for
+        the network and back: (maps [(B,) n_outputs, Y, X] on the core's device, styles [(B,) S] or None)."""
+        single = x.ndim == 3
+        t = torch.from_numpy(x[None] if single else x).to(self.device)
+        Ly, Lx = x.shape[-2:]
+        if rescale != 1.0:
+            t = resize(t, scaled_size((Ly, Lx), (rescale, rescale)))
+        y, st = self.run_net(t, augment, tile_overlap)
+        if rescale != 1.0:
+            y = resize(y, (Ly, Lx))
+        if single:
+            return y[0], (None if st is None else st[0])
+        return y, st
+
+    def recover(self, maps: torch.Tensor, style: Optional[torch.Tensor], rescale: float, diameter: Optional[float],
+                options: Mapping[str, Any], return_flows: bool) -> SegmentResult:
+        """The family's post-processing of one image's maps (runs on the core's device)."""
+        fields = self.family.postprocess(maps, rescale=rescale, options=methods.options_for(self.family, options),
+                                         return_maps=return_flows)
+        styles = None if style is None else style.detach().float().cpu().numpy()
+        return SegmentResult(styles=styles, diameter=diameter, **fields)
+
+    def segment_prepared(self, x: np.ndarray, diameter: Optional[float], augment: bool = False,
+                         tile_overlap: float = 0.1, options: Mapping[str, Any] = (),
+                         return_flows: bool = False) -> SegmentResult:
+        """Segment a prepared 2D image [C, Y, X] at ``diameter`` (None or 0: no resizing)."""
+        rescale = self.spec.rescale(diameter)
+        maps, st = self.maps(x, rescale, augment, tile_overlap)
+        return self.recover(maps, st, rescale, diameter, dict(options), return_flows)
+
+    def estimate_diameter(self, x: np.ndarray, augment: bool = False, tile_overlap: float = 0.1) -> float:
+        """The family's size estimate for a prepared image [C, Y, X] (Cellpose: style -> diameter regression,
+        then the median diameter of a first segmentation).  Needs a model with a size model."""
+        if self.family.estimate_diameter is None:
+            raise ValueError(f"the {self.family.name} family has no size estimate: pass diameter=")
+        return float(self.family.estimate_diameter(self, x, augment, tile_overlap))
+
+    def _segment_3d(self, x: np.ndarray, diameter: Optional[float], anisotropy: Optional[float], augment: bool,
+                    tile_overlap: float, options: Mapping[str, Any], return_flows: bool) -> SegmentResult:
+        rescale = self.spec.rescale(diameter)
+        maps, style = volume_maps(lambda s: self.run_net(s, augment, tile_overlap), x, self.spec, rescale=rescale,
+                                  anisotropy=anisotropy, batch_size=self.batch_size, net_device=self.device,
+                                  core_device=torch.device(self.core_device))
+        return self.recover(maps, style, rescale, diameter, options, return_flows)
+
+    @staticmethod
+    def check_options(tile_overlap: float, anisotropy: Optional[float], stitch_threshold: float) -> None:
+        """ValueError for settings that mean nothing."""
+        if not 0.0 <= tile_overlap <= 0.5:
+            raise ValueError(f"tile_overlap must be in [0, 0.5], got {tile_overlap}")
+        if anisotropy is not None and not anisotropy > 0:
+            raise ValueError(f"anisotropy must be > 0, got {anisotropy}")
+        if stitch_threshold < 0:
+            raise ValueError("stitch_threshold must be >= 0")
+
+    # ---- public -------------------------------------------------------------------------------
+    def segment(self, image: ArrayLike, *, channel_axis: Optional[int] = None, z_axis: Optional[int] = None,
+                channels: Optional[Sequence[int]] = None, diameter: Optional[float] = None, do_3D: bool = False,
+                anisotropy: Optional[float] = None, stitch_threshold: float = 0.0, augment: bool = False,
+                tile_overlap: float = 0.1, normalize: Union[bool, str] = True, invert: bool = False,
+                flow_threshold: float = 0.4, cellprob_threshold: float = 0.0, min_size: int = 15,
+                niter: Optional[int] = None, return_flows: bool = False) -> SegmentResult:
+        """Segment one image; see :func:`segment` for the parameters."""
+        self.check_options(tile_overlap, anisotropy, stitch_threshold)
+        vol3 = do_3D or stitch_threshold > 0
+        x = self.prepare(image, channel_axis, z_axis, channels, vol3, normalize, invert)
+        options = dict(flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold, min_size=min_size,
+                       niter=niter)
+        if diameter is None:
+            if not self.estimates_diameter:
+                diameter = 0.0  # size-invariant networks, or no size model: no resizing
+            else:
+                plane = x if x.ndim == 3 else x[:, x.shape[1] // 2]
+                diameter = self.estimate_diameter(plane, augment, tile_overlap)
+                log.info("estimated diameter: %.1f px", diameter)
+        if do_3D:
+            return self._segment_3d(x, diameter, anisotropy, augment, tile_overlap, options, return_flows)
+        if stitch_threshold > 0:
+            planes = [self.segment_prepared(x[:, z], diameter, augment, tile_overlap, options, return_flows)
+                      for z in range(x.shape[1])]
+            masks = stitch3D(np.stack([p.masks for p in planes]), stitch_threshold)
+            styles = None if any(p.styles is None for p in planes) else np.mean([p.styles for p in planes], axis=0)
+            res = SegmentResult(masks=masks, diameter=diameter, styles=styles)
+            if return_flows:
+                res.cellprob = np.stack([p.cellprob for p in planes])
+                res.flows = np.stack([p.flows for p in planes], axis=1)
+            return res
+        return self.segment_prepared(x, diameter, augment, tile_overlap, options, return_flows)
+
+    def segment_many(self, images: Iterable[Any], *, channel_axis: Optional[int] = None,
+                     channels: Optional[Sequence[int]] = None, diameter: Optional[float] = None,
+                     augment: bool = False, tile_overlap: float = 0.1, normalize: Union[bool, str] = True,
+                     invert: bool = False, flow_threshold: float = 0.4, cellprob_threshold: float = 0.0,
+                     min_size: int = 15, niter: Optional[int] = None, return_flows: bool = False,
+                     return_errors: bool = False, **kwargs: Any) -> Iterator[Any]:
+        """Segment a stream of images for throughput, yielding results in input order.
+
+        Items are arrays, or zero-argument callables that load one (called on worker threads ahead of the
+        network, so reading overlaps computing).  Consecutive 2D images of the same shape are pooled so their
+        tiles share network batches; mask recovery of one group overlaps the network of the next (see
+        :mod:`.streaming`).  3D options (``z_axis``, ``do_3D``, ``stitch_threshold``) and an estimated diameter
+        run one image at a time.  With ``return_errors=True`` an item that cannot be loaded or segmented
+        yields its exception instead of a result, and the stream goes on.
+        """
+        from .streaming import stream
+
+        params = dict(channel_axis=channel_axis, channels=channels, diameter=diameter, augment=augment,
+                      tile_overlap=tile_overlap, normalize=normalize, invert=invert, flow_threshold=flow_threshold,
+                      cellprob_threshold=cellprob_threshold, min_size=min_size, niter=niter,
+                      return_flows=return_flows, **kwargs)
+        return stream(self, images, params, return_errors)
+
+    def group_size(self, shape: Tuple[int, ...]) -> int:
+        """Images of ``shape`` per network call so their tiles fill about one batch (at least one image)."""
+        from ..core.tiles import plan_tiles
+
+        ly, lx = (s + self.spec.padding(s) for s in shape[-2:])
+        return max(1, self.batch_size // plan_tiles(ly, lx, self.spec.tile).count)
+
+
+def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei", *, device: str = "auto",
+            precision: str = "auto", batch_size: int = 8, backend: str = "torch",
+            **kwargs: Any) -> Union[SegmentResult, List[SegmentResult]]:
+    """Segment one image or a list of images.
+
+    Parameters
+    ----------
+    images : array or list of arrays
+        2D (Y, X), multichannel 2D (with ``channel_axis``), or 3D (with ``z_axis``) images of any
+        integer or float dtype.
+    model : str, path, module, list or Segmenter
+        Bundled model name, model file (fastpose or Cellpose checkpoint), network, an ensemble list, or a
+        :class:`Segmenter` already loaded.
+    device, precision, batch_size, backend
+        See :class:`Segmenter`.
+    channel_axis, z_axis : int, optional
+        Which axis holds channels / Z.  Default: none (a plain 2D image).
+    channels : sequence of int, optional
+        Input channels fed to the network, in order (default the first ones); a missing second channel
+        is zero.
+    diameter : float or None
+        Typical cell diameter in pixels; the image is resized so cells match the model's training size.
+        None (default) estimates it with the model's size model (U-Net model files that have one; Cellpose's
+        two-step estimate), and means no resizing for models without one and for ViTs; 0: no resizing.
+    do_3D : bool
+        Run the 2D network on XY, ZY and ZX slices, average the maps and track in 3D.
+    anisotropy : float, optional
+        Z sampling relative to XY (e.g. 2.0 when Z steps are twice the pixel size), 3D only.
+    stitch_threshold : float
+        > 0: segment planes in 2D and link them across Z by IoU above this value.
+    augment : bool
+        Flip test-time augmentation with 50% tile overlap.
+    tile_overlap : float
+        Tile overlap fraction without ``augment`` (default 0.1).
+    normalize : bool or "tile"
+        Percentile normalisation per channel with the model file's percentiles (1st/99th for Cellpose models)
+        (True), per block of ~128 pixels smoothly interpolated, for unevenly lit images ("tile"), or none (False).
+    invert : bool
+        Invert intensities after normalisation (in addition to the model file's own setting).
+    flow_threshold, cellprob_threshold, min_size, niter
+        Mask recovery settings (see :func:`fastpose.core.compute_masks`); niter None: 200 at the model's
+        scale.
+    return_flows : bool
+        Also return flows and cell probabilities in the result.
+
+    Returns
+    -------
+    SegmentResult or list of SegmentResult
+    """
+    seg = model if isinstance(model, Segmenter) else Segmenter(model, device, precision, batch_size, backend)
+    if isinstance(images, (list, tuple)):
+        return list(seg.segment_many(images, **kwargs))
+    return seg.segment(images, **kwargs)

@@ -1,0 +1,133 @@
+"""The model spec: everything the generic data path needs to know about a network, stored in its model file.
+
+Tiling, batching, blending, flip TTA, streaming and 3D read a :class:`ModelSpec` and never ask which family or
+architecture a network belongs to.  A family (``fastpose.methods``) adds what to do with the output maps.
+
+    image -> channels (nchan, channels) -> normalise (normalize) -> resize (rescale_by_diameter, diam_mean)
+          -> pad (pad_multiple, pad_to_tile) -> tiles (tile) -> network -> blend (flow_channels un-flipped)
+          -> outputs [len(outputs), Y, X] -> the family's post-processing (family)
+
+Model files written by fastpose store the spec (``"spec"``); Cellpose checkpoints and fastpose files written
+before the spec existed get one inferred at load from their architecture (see ``models.files``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+__all__ = ["ModelSpec", "DEFAULT_NORMALIZE", "CELLPOSE_OUTPUTS"]
+
+#: Cellpose's input normalisation: per channel, the 1st percentile -> 0 and the 99th -> 1.
+DEFAULT_NORMALIZE: Dict[str, Any] = {"lower": 1.0, "upper": 99.0, "invert": False}
+
+#: Output maps of a Cellpose network: the two flow components (5x unit vectors) and the cell-probability logit.
+CELLPOSE_OUTPUTS: Tuple[str, ...] = ("flow_y", "flow_x", "cellprob")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the data path needs to run a network (all fields plain, so the spec round-trips through a file).
+
+    Attributes
+    ----------
+    family : str
+        Post-processing family in :mod:`fastpose.methods` (``"cellpose"``: flows + cell probability -> masks).
+    nchan : int
+        Input channels of the network.
+    tile : int
+        Tile side, pixels (224 for the Cellpose U-Net, the input size of a ViT).
+    pad_multiple : int
+        Images are padded to a multiple of this before tiling (16: the U-Net halves the size three times).
+    pad_to_tile : bool
+        Images smaller than a tile are padded up to it (networks that take only their exact input size).
+    outputs : tuple of str
+        Names of the output maps, in channel order; the network may return more channels (ignored).
+    flow_channels : tuple of int
+        Output channels that are flow components along (Y, X): they change sign under flips (flip TTA) and are
+        re-assigned to (Z, Y, X) when 3D is assembled from 2D slices.  Either () or (0, 1).
+    rescale_by_diameter : bool
+        Images are resized so cells have ``diam_mean`` pixels (U-Nets); False: the network is size-invariant.
+    diam_mean : float
+        Cell diameter the network was trained at, pixels.
+    normalize : dict
+        Input percentile normalisation ``{"lower": 1.0, "upper": 99.0, "invert": False}``, honoured at inference.
+    """
+
+    family: str = "cellpose"
+    nchan: int = 2
+    tile: int = 224
+    pad_multiple: int = 16
+    pad_to_tile: bool = False
+    outputs: Tuple[str, ...] = CELLPOSE_OUTPUTS
+    flow_channels: Tuple[int, ...] = (0, 1)
+    rescale_by_diameter: bool = True
+    diam_mean: float = 30.0
+    normalize: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_NORMALIZE))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outputs", tuple(str(o) for o in self.outputs))
+        object.__setattr__(self, "flow_channels", tuple(int(c) for c in self.flow_channels))
+        norm = dict(DEFAULT_NORMALIZE)
+        norm.update(dict(self.normalize or {}))
+        object.__setattr__(self, "normalize", norm)
+        problems = []
+        if not self.family or not isinstance(self.family, str):
+            problems.append(f"family must be a name, got {self.family!r}")
+        if int(self.nchan) < 1:
+            problems.append(f"nchan must be >= 1, got {self.nchan}")
+        if int(self.tile) < 8:
+            problems.append(f"tile must be >= 8, got {self.tile}")
+        if int(self.pad_multiple) < 1:
+            problems.append(f"pad_multiple must be >= 1, got {self.pad_multiple}")
+        if not self.outputs:
+            problems.append("outputs must name at least one map")
+        if self.flow_channels not in ((), (0, 1)) or len(self.outputs) < len(self.flow_channels):
+            problems.append(f"flow_channels must be () or (0, 1) within the outputs, got {self.flow_channels}")
+        if not float(self.diam_mean) > 0:
+            problems.append(f"diam_mean must be > 0, got {self.diam_mean}")
+        lo, hi = float(norm["lower"]), float(norm["upper"])
+        if not 0.0 <= lo < hi <= 100.0:
+            problems.append(f"normalize needs 0 <= lower < upper <= 100, got {lo}, {hi}")
+        if problems:
+            raise ValueError("invalid model spec: " + "; ".join(problems))
+
+    # ---- derived -------------------------------------------------------------------------------
+    @property
+    def n_outputs(self) -> int:
+        return len(self.outputs)
+
+    def padding(self, size: int) -> int:
+        """Pixels of padding for an image side of ``size`` (split half before, half after)."""
+        pad = (-int(size)) % int(self.pad_multiple)
+        if self.pad_to_tile:
+            pad = max(pad, int(self.tile) - int(size))
+        return pad
+
+    def rescale(self, diameter: Optional[float]) -> float:
+        """Resize factor for images whose cells are ``diameter`` pixels across (1: no resizing)."""
+        if self.rescale_by_diameter and diameter is not None and diameter > 0:
+            return float(self.diam_mean) / float(diameter)
+        return 1.0
+
+    # ---- file round trip ----------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["outputs"] = list(self.outputs)
+        d["flow_channels"] = list(self.flow_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model spec has unknown fields {sorted(unknown)} (known: {sorted(known)})")
+        try:
+            return cls(**dict(d))
+        except TypeError as e:
+            raise ValueError(f"invalid model spec {dict(d)!r}: {e}") from e
+
+    def with_(self, **changes: Any) -> "ModelSpec":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
