@@ -3,59 +3,15 @@ CPU/GPU parity."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
 import fastpose.core as fc
+from fastpose.core._reference import get_masks as reference_get_masks
 from fastpose.synthetic import random_labels
 
 F32 = np.float32
-
-
-def reference_get_masks(pos: np.ndarray, mask: np.ndarray, max_size_fraction: float = 0.4) -> np.ndarray:
-    """Direct port of the documented semantics (slow, small inputs only)."""
-    shape = mask.shape
-    nd = len(shape)
-    sel = np.nonzero(mask)
-    bins = tuple(np.clip(np.floor(np.nan_to_num(pos[a][sel], nan=0.0)), 0, shape[a] - 1).astype(np.int64)
-                 for a in range(nd))
-    h = np.zeros(shape, np.int64)
-    np.add.at(h, bins, 1)
-    hmax = ndi.maximum_filter(h, size=5, mode="constant", cval=0)
-    seeds = np.argwhere((h > 10) & (h >= hmax))  # raster order
-    flat = np.ravel_multi_index(tuple(seeds.T), shape) if len(seeds) else np.zeros(0, np.int64)
-    order = np.lexsort((flat, h[tuple(seeds.T)])) if len(seeds) else []
-    M = np.zeros(shape, np.int64)
-    offsets = [np.array(o) for o in itertools.product((-1, 0, 1), repeat=nd)]
-    for r, k in enumerate(order):
-        region = {tuple(seeds[k])}
-        for _ in range(5):
-            grown = set(region)
-            for c in region:
-                for o in offsets:
-                    q = tuple(np.asarray(c) + o)
-                    if all(0 <= q[a] < shape[a] for a in range(nd)) and h[q] > 2:
-                        grown.add(q)
-            region = grown
-        for q in region:
-            M[q] = r + 1  # ascending rank: the highest-count seed wins overlaps
-    lab = np.zeros(shape, np.int64)
-    lab[sel] = M[bins]
-    ids, counts = np.unique(lab, return_counts=True)
-    for i, c in zip(ids, counts):
-        if i != 0 and c > max_size_fraction * lab.size:
-            lab[lab == i] = 0
-    flat_lab = lab.ravel()
-    ids, first = np.unique(flat_lab, return_index=True)
-    keep = ids != 0
-    ids, first = ids[keep], first[keep]
-    out = np.zeros_like(flat_lab)
-    for new, i in enumerate(ids[np.argsort(first)]):
-        out[flat_lab == i] = new + 1
-    return out.reshape(shape)
 
 
 def centroid_flows(labels: np.ndarray) -> np.ndarray:

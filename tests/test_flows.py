@@ -1,69 +1,15 @@
-"""masks_to_flows / flow_errors / remove_bad_flow_masks against a plain NumPy port of Cellpose 3."""
+"""masks_to_flows / flow_errors / remove_bad_flow_masks against a plain NumPy port of Cellpose 3
+(``fastpose.core._reference``)."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 
 import fastpose.core as fc
+from fastpose.core._reference import flow_errors as ref_flow_errors
+from fastpose.core._reference import masks_to_flows as ref_masks_to_flows
 from fastpose.synthetic import disc, random_labels
-
-
-# ------------------------------------------------------------------------------------------------
-# Reference: Cellpose 3 masks_to_flows_cpu / _extend_centers, in float32 with the summation order of
-# the contract (neighbours in raster order), 2D and 3D.
-# ------------------------------------------------------------------------------------------------
-
-def ref_masks_to_flows(masks: np.ndarray, niter: int | None = None) -> np.ndarray:
-    masks = np.asarray(masks)
-    nd = masks.ndim
-    mu = np.zeros((nd,) + masks.shape, np.float32)
-    offsets = list(itertools.product((-1, 0, 1), repeat=nd))
-    for i, si in enumerate(ndi.find_objects(masks)):
-        if si is None:
-            continue
-        ext = [s.stop - s.start + 2 for s in si]
-        coords = [c.astype(np.int64) + 1 for c in np.nonzero(masks[si] == i + 1)]
-        med = [c.mean() for c in coords]
-        imin = sum((c - m) ** 2 for c, m in zip(coords, med)).argmin()
-        src = tuple(c[imin] for c in coords)
-        n_iter = 2 * sum(ext) if not niter else niter
-        T = np.zeros(ext, np.float32)
-        inside = tuple(coords)
-        for _ in range(n_iter):
-            T[src] += np.float32(1)
-            s = np.zeros(len(coords[0]), np.float32)
-            for o in offsets:
-                s = s + T[tuple(c + d for c, d in zip(coords, o))]
-            T[inside] = s / np.float32(9 if nd == 2 else 27)
-        grad = []
-        for a in range(nd):
-            up, dn = list(coords), list(coords)
-            up[a] = coords[a] + 1
-            dn[a] = coords[a] - 1
-            grad.append(T[tuple(up)] - T[tuple(dn)])
-        n2 = grad[0] * grad[0]
-        for a in range(1, nd):
-            n2 = n2 + grad[a] * grad[a]
-        norm = np.sqrt(n2)
-        pos = tuple(c - 1 + s.start for c, s in zip(coords, si))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            for a in range(nd):
-                mu[(a,) + pos] = np.where(norm > 0, grad[a] / norm, np.float32(0))
-    return mu
-
-
-def ref_flow_errors(masks: np.ndarray, dP: np.ndarray) -> np.ndarray:
-    """Cellpose metrics.flow_error with the reference flows."""
-    mu = ref_masks_to_flows(masks).astype(np.float64)
-    n = int(masks.max())
-    err = np.zeros(n)
-    for c in range(mu.shape[0]):
-        err += np.nan_to_num(ndi.mean((mu[c] - dP[c] / 5.0) ** 2, masks, index=np.arange(1, n + 1)))
-    return err
 
 
 def source_of(mask: np.ndarray) -> np.ndarray:

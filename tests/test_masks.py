@@ -4,34 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 
 import fastpose.core as fc
 from fastpose import _core
-from fastpose.synthetic import disc, random_labels
-
-
-def reference(masks: np.ndarray, min_size: int = 15) -> np.ndarray:
-    """Straightforward NumPy/scipy version of the documented semantics."""
-    m = np.asarray(masks).astype(np.int64)
-    counts = np.bincount(m.ravel()) if m.size else np.zeros(1, np.int64)
-    present = [l for l in range(1, len(counts)) if counts[l] > 0]
-    kept = [l for l in present if counts[l] >= min_size]
-    out = np.where(np.isin(m, kept), m, 0)
-    claim = np.zeros_like(m)
-    for l in kept:  # ascending: the lowest label claims a pixel first
-        sl = ndi.find_objects((m == l).astype(np.int32))[0]
-        msk = m[sl] == l
-        if msk.ndim == 3:
-            filled = np.stack([ndi.binary_fill_holes(p) for p in msk])
-        else:
-            filled = ndi.binary_fill_holes(msk)
-        sel = filled & ~msk & (out[sl] == 0) & (claim[sl] == 0)
-        claim[sl][sel] = l
-    out = np.where((out == 0) & (claim > 0), claim, out)
-    lut = np.zeros(max(len(counts), 1), np.int64)
-    lut[kept] = np.arange(1, len(kept) + 1)
-    return lut[out]
+from fastpose.core._reference import fill_holes_and_remove_small_masks as reference
+from fastpose.synthetic import disc
 
 
 def holey(labels: np.ndarray, seed: int) -> np.ndarray:

@@ -6,102 +6,10 @@ import numpy as np
 import pytest
 
 import fastpose.core as fc
+from fastpose.core._reference import blend_tiles as cp_blend
+from fastpose.core._reference import make_tiles as cp_make_tiles
+from fastpose.core._reference import taper_mask as cp_taper_mask
 from fastpose.core.tiles import plan_tiles, taper_mask
-
-
-# ------------------------------------------------------------------------------------------------
-# NumPy port of cellpose.transforms (v3): make_tiles, unaugment_tiles, _taper_mask, average_tiles
-# ------------------------------------------------------------------------------------------------
-
-def cp_make_tiles(imgi, bsize=224, augment=False, tile_overlap=0.1):
-    nchan, Ly, Lx = imgi.shape
-    if augment:
-        bsize = np.int32(bsize)
-        if Ly < bsize:
-            imgi = np.concatenate((imgi, np.zeros((nchan, bsize - Ly, Lx))), axis=1)
-            Ly = bsize
-        if Lx < bsize:
-            imgi = np.concatenate((imgi, np.zeros((nchan, Ly, bsize - Lx))), axis=2)
-        Ly, Lx = imgi.shape[-2:]
-        ny = max(2, int(np.ceil(2. * Ly / bsize)))
-        nx = max(2, int(np.ceil(2. * Lx / bsize)))
-        ystart = np.linspace(0, Ly - bsize, ny).astype(int)
-        xstart = np.linspace(0, Lx - bsize, nx).astype(int)
-        ysub, xsub = [], []
-        IMG = np.zeros((len(ystart), len(xstart), nchan, bsize, bsize), np.float32)
-        for j in range(len(ystart)):
-            for i in range(len(xstart)):
-                ysub.append([ystart[j], ystart[j] + bsize])
-                xsub.append([xstart[i], xstart[i] + bsize])
-                IMG[j, i] = imgi[:, ysub[-1][0]:ysub[-1][1], xsub[-1][0]:xsub[-1][1]]
-                if j % 2 == 0 and i % 2 == 1:
-                    IMG[j, i] = IMG[j, i, :, ::-1, :]
-                elif j % 2 == 1 and i % 2 == 0:
-                    IMG[j, i] = IMG[j, i, :, :, ::-1]
-                elif j % 2 == 1 and i % 2 == 1:
-                    IMG[j, i] = IMG[j, i, :, ::-1, ::-1]
-    else:
-        tile_overlap = min(0.5, max(0.05, tile_overlap))
-        bsizeY, bsizeX = np.int32(min(bsize, Ly)), np.int32(min(bsize, Lx))
-        ny = 1 if Ly <= bsize else int(np.ceil((1. + 2 * tile_overlap) * Ly / bsize))
-        nx = 1 if Lx <= bsize else int(np.ceil((1. + 2 * tile_overlap) * Lx / bsize))
-        ystart = np.linspace(0, Ly - bsizeY, ny).astype(int)
-        xstart = np.linspace(0, Lx - bsizeX, nx).astype(int)
-        ysub, xsub = [], []
-        IMG = np.zeros((len(ystart), len(xstart), nchan, bsizeY, bsizeX), np.float32)
-        for j in range(len(ystart)):
-            for i in range(len(xstart)):
-                ysub.append([ystart[j], ystart[j] + bsizeY])
-                xsub.append([xstart[i], xstart[i] + bsizeX])
-                IMG[j, i] = imgi[:, ysub[-1][0]:ysub[-1][1], xsub[-1][0]:xsub[-1][1]]
-    return IMG, ysub, xsub, Ly, Lx
-
-
-def cp_unaugment_tiles(y):
-    for j in range(y.shape[0]):
-        for i in range(y.shape[1]):
-            if j % 2 == 0 and i % 2 == 1:
-                y[j, i] = y[j, i, :, ::-1, :]
-                y[j, i, 0] *= -1
-            elif j % 2 == 1 and i % 2 == 0:
-                y[j, i] = y[j, i, :, :, ::-1]
-                y[j, i, 1] *= -1
-            elif j % 2 == 1 and i % 2 == 1:
-                y[j, i] = y[j, i, :, ::-1, ::-1]
-                y[j, i, 0] *= -1
-                y[j, i, 1] *= -1
-    return y
-
-
-def cp_taper_mask(ly=224, lx=224, sig=7.5):
-    bsize = max(224, max(ly, lx))
-    xm = np.arange(bsize)
-    xm = np.abs(xm - xm.mean())
-    mask = 1 / (1 + np.exp((xm - (bsize / 2 - 20)) / sig))
-    mask = mask * mask[:, np.newaxis]
-    mask = mask[bsize // 2 - ly // 2:bsize // 2 + ly // 2 + ly % 2,
-                bsize // 2 - lx // 2:bsize // 2 + lx // 2 + lx % 2]
-    return mask
-
-
-def cp_average_tiles(y, ysub, xsub, Ly, Lx):
-    Navg = np.zeros((Ly, Lx))
-    yf = np.zeros((y.shape[1], Ly, Lx), np.float32)
-    mask = cp_taper_mask(ly=y.shape[-2], lx=y.shape[-1])
-    for j in range(len(ysub)):
-        yf[:, ysub[j][0]:ysub[j][1], xsub[j][0]:xsub[j][1]] += y[j] * mask
-        Navg[ysub[j][0]:ysub[j][1], xsub[j][0]:xsub[j][1]] += mask
-    yf /= Navg
-    return yf
-
-
-def cp_blend(tiles, ny, nx, augment, ysub, xsub, Lyp, Lxp, Ly, Lx):
-    """Cellpose's path: unaugment (flow channels 0/1), average over the padded image, crop."""
-    y = tiles.astype(np.float32).reshape(ny, nx, *tiles.shape[1:]).copy()
-    if augment:
-        y = cp_unaugment_tiles(y)
-    y = y.reshape(ny * nx, *tiles.shape[1:])
-    return cp_average_tiles(y, ysub, xsub, Lyp, Lxp)[:, :Ly, :Lx]
 
 
 SHAPES = [(224, 224), (100, 333), (500, 700), (1, 1)]

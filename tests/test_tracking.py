@@ -2,52 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
 import fastpose.core as fc
+from fastpose.core._reference import follow_flows as reference_follow_flows
 
 F32 = np.float32
-
-
-def reference_follow_flows(dP: np.ndarray, mask: np.ndarray, niter: int) -> np.ndarray:
-    """Straightforward float32 port of the stepping rule (same operation order as the C++ code)."""
-    shape = mask.shape
-    nd = len(shape)
-    ext = np.array(shape, np.int64)[:, None]
-    grid = np.indices(shape).astype(F32)
-    out = grid.copy()
-    sel = np.nonzero(mask)
-    p = np.stack([grid[a][sel] for a in range(nd)])  # (nd, K)
-    flows = np.where(mask[None] != 0, dP, F32(0)).astype(F32)
-    one = F32(1)
-
-    def lerp(a, b, w):
-        return (one - w) * a + w * b
-
-    for _ in range(niter):
-        i0 = np.floor(p).astype(np.int64)
-        i1 = np.minimum(i0 + 1, ext - 1)
-        w = (p - i0.astype(F32)).astype(F32)
-        corner = {}
-        for bits in itertools.product((0, 1), repeat=nd):
-            idx = tuple(np.where(bits[a], i1[a], i0[a]) for a in range(nd))
-            corner[bits] = flows[(slice(None),) + idx]  # (nd, K)
-        # innermost axis first (x), then y, then z
-        vals = corner
-        for a in reversed(range(nd)):
-            vals = {k[:-1]: lerp(vals[k[:-1] + (0,)], vals[k[:-1] + (1,)], w[a])
-                    for k in vals if k[-1] == 0}
-        v = vals[()]
-        moving = np.any(v != 0, axis=0)
-        newp = np.clip(p + v / F32(5), F32(0), (ext - 1).astype(F32)).astype(F32)
-        p = np.where(moving[None], newp, p)
-    for a in range(nd):
-        out[a][sel] = p[a]
-    return out
 
 
 def smooth_flows(shape, seed, scale=5.0):
