@@ -7,7 +7,8 @@
 * ``aggregated_jaccard_index`` (AJI), ``seg_score`` (Cell Tracking Challenge SEG)
 * ``evaluate``: all of them for a dataset, both as per-image means and pooled over images
 
-Overlaps are counted sparsely (only pairs of masks that touch), so images with thousands of masks are fast.
+Overlaps are counted sparsely (only pairs of masks that touch, :func:`fastpose.labels.iou_pairs`), so images
+with thousands of masks are fast.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
+
+from .labels import iou_pairs, relabel_sequential
 
 DEFAULT_THRESHOLDS = (0.5, 0.75, 0.9)
 COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))
@@ -42,13 +45,10 @@ def _compact(labels: np.ndarray) -> Tuple[np.ndarray, int]:
     lab = np.asarray(labels)
     if lab.dtype.kind not in "iu":
         raise ValueError(f"label images must be integer arrays, got {lab.dtype}")
-    lab = lab.astype(np.int64, copy=False).ravel()
     if lab.size and lab.min() < 0:
         raise ValueError("label images must not have negative labels")
-    u, inv = np.unique(lab, return_inverse=True)
-    if u.size and u[0] == 0:
-        return inv.astype(np.int64), int(u.size - 1)
-    return inv.astype(np.int64) + 1, int(u.size)
+    compact, values = relabel_sequential(lab)
+    return compact, max(int(values.size) - 1, 0)
 
 
 def overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
@@ -57,12 +57,9 @@ def overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
         raise ValueError(f"true and predicted masks differ in shape: {np.shape(true)} vs {np.shape(pred)}")
     t, nt = _compact(true)
     p, npred = _compact(pred)
-    both = (t > 0) & (p > 0)
-    key = t[both] * (npred + 1) + p[both]
-    pairs, inter = np.unique(key, return_counts=True)
-    return Overlap(nt, npred, pairs // (npred + 1), pairs % (npred + 1), inter.astype(np.float64),
-                   np.bincount(t, minlength=nt + 1).astype(np.float64),
-                   np.bincount(p, minlength=npred + 1).astype(np.float64))
+    pairs = iou_pairs(t, p)
+    return Overlap(nt, npred, pairs.a, pairs.b, pairs.inter.astype(np.float64),
+                   pairs.area_a.astype(np.float64), pairs.area_b.astype(np.float64))
 
 
 def true_positives(ov: Overlap, threshold: float) -> int:
