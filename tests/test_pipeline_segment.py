@@ -12,7 +12,8 @@ import torch
 import fastpose.core as fc
 from conftest import cellprob_from_labels
 from fastpose.models import UNet, save_model
-from fastpose.pipeline import Segmenter, segment, stitch3D, to_channels_first
+from fastpose.inference import Segmenter, segment, stitch3D
+from fastpose.transforms import to_channels_first
 from fastpose.synthetic import random_labels
 from test_pipeline import matched_ap
 
@@ -148,7 +149,7 @@ def test_segment_many_pools_and_matches_one_by_one(tiny_model_file):
     seg = Segmenter(str(tiny_model_file), device="cpu", batch_size=8)
     rng = np.random.default_rng(3)
     imgs = [rng.random((100, 120)).astype(np.float32) for _ in range(5)] + [rng.random((70, 90)).astype(np.float32)]
-    assert seg._group_size((2, 100, 120)) == 8  # one tile each: 8 images per network call
+    assert seg.group_size((2, 100, 120)) == 8  # one tile each: 8 images per network call
     streamed = list(seg.segment_many(iter(imgs), return_flows=True))
     assert len(streamed) == 6
     for img, r in zip(imgs, streamed):
@@ -168,7 +169,7 @@ def test_vit_small_images_are_padded_to_the_tile():
 
 
 def test_tile_normalisation_flattens_uneven_illumination():
-    from fastpose.pipeline import normalize_percentile, normalize_tiles
+    from fastpose.transforms import normalize_percentile, normalize_tiles
     yy, xx = np.indices((256, 256))
     spots = ((yy % 32 < 6) & (xx % 32 < 6)).astype(np.float32)
     img = (spots * 100 + 10) * (1 + 9 * xx / 255.0)  # left side 10x dimmer than the right
@@ -201,7 +202,7 @@ def test_segment_many_matches_segment_with_real_masks(device):
 def test_percentiles_equal_numpy_exactly(kind):
     """The histogram path for integer-valued channels returns exactly np.percentile's values (and the
     general path is np.percentile itself); normalisation is therefore unchanged bit for bit."""
-    from fastpose.pipeline import normalize_percentile, percentiles
+    from fastpose.transforms import normalize_percentile, percentiles
     rng = np.random.default_rng(7)
     a = {"uint8": rng.integers(0, 256, (97, 131)), "uint16": rng.integers(0, 65536, (211, 89)) // rng.integers(1, 9),
          "constant": np.full((40, 40), 17), "fractional": rng.random((50, 60)) * 1000,

@@ -15,17 +15,13 @@ import io
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .io import atomic_write, write_tiff_atomic
 
 OUTPUT_KINDS = ("masks", "outlines_png", "outlines_txt", "rois", "seg_npy", "csv")
-
-
-def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    return atomic_write(path, write, text="b" not in mode)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,7 +95,7 @@ def write_outlines_txt(path: Path, masks: np.ndarray) -> Path:
         for poly in outlines_list(masks):
             if len(poly):
                 f.write(",".join(str(int(v)) for v in poly.ravel()) + "\n")
-    return _atomic(Path(path), w, "w")
+    return atomic_write(Path(path), w, text=True)
 
 
 def write_rois_zip(path: Path, masks: np.ndarray) -> Path:
@@ -118,7 +114,7 @@ def write_rois_zip(path: Path, masks: np.ndarray) -> Path:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
             for r in rois:
                 z.writestr(f"{r.name}.roi", r.tobytes())
-    return _atomic(Path(path), w)
+    return atomic_write(Path(path), w)
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
@@ -147,7 +143,7 @@ def overlay_rgb(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def write_outlines_png(path: Path, image: np.ndarray, masks: np.ndarray) -> Path:
     data = _png_bytes(overlay_rgb(image, masks))
-    return _atomic(Path(path), lambda f: f.write(data))
+    return atomic_write(Path(path), lambda f: f.write(data))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,7 +193,7 @@ def write_csv(path: Path, masks: np.ndarray, image: Optional[np.ndarray] = None)
         wr.writerow(names)
         for row in zip(*(cols[k] for k in names)):
             wr.writerow([f"{v:.4f}" if isinstance(v, (float, np.floating)) else int(v) for v in row])
-    return _atomic(Path(path), w, "w")
+    return atomic_write(Path(path), w, text=True)
 
 
 def write_seg_npy(path: Path, image_path: str, masks: np.ndarray, flows: Optional[np.ndarray] = None,
@@ -211,7 +207,7 @@ def write_seg_npy(path: Path, image_path: str, masks: np.ndarray, flows: Optiona
     buf = io.BytesIO()
     np.save(buf, np.array(d, dtype=object), allow_pickle=True)
     data = buf.getvalue()
-    return _atomic(Path(path), lambda f: f.write(data))
+    return atomic_write(Path(path), lambda f: f.write(data))
 
 
 def write_outputs(out_dir: Path, stem: str, kinds: Sequence[str], image: np.ndarray, masks: np.ndarray,

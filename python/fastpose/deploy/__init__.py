@@ -1,4 +1,4 @@
-"""Deployment: ONNX export, network backends for the pipeline, TensorRT engines.
+"""Deployment: ONNX export, network backends for the segmenter, TensorRT engines.
 
 >>> from fastpose.deploy import export_onnx, check_onnx
 >>> export_onnx(net, "model.onnx")                    # U-Net: 224 tiles; ViT: 256; dynamic batch

@@ -1,8 +1,8 @@
-"""Network backends for :class:`fastpose.pipeline.Segmenter`.
+"""Network backends for :class:`fastpose.inference.Segmenter`.
 
 A backend turns a loaded network into a callable ``runner(x) -> (y, style)`` with the network's own
 contract (``x`` a torch tensor [B, C, H, W] on the segmenter's device; ``y`` [B, >=3, H, W]; ``style``
-[B, S], torch tensors on the same device), so the pipeline is the same for all of them:
+[B, S], torch tensors on the same device), so the tiled inference path is the same for all of them:
 
 * ``"torch"`` (default): the PyTorch module itself, eager.
 * ``"compile"``: ``torch.compile`` -- ``mode="reduce-overhead"`` (CUDA graphs) on a GPU, ``mode="default"``
@@ -68,7 +68,7 @@ def make_runner(net: nn.Module, backend: str, device: Union[str, torch.device], 
     """Wrap ``net`` (already on ``device``, in eval mode) for ``backend``; see the module docstring.
 
     ``precision`` matters to ``tensorrt`` only (the engine's precision; "auto" = fp16); the ONNX backends take
-    fp32 tiles and the ``torch``/``compile`` runners leave precision to the pipeline's autocast.
+    fp32 tiles and the ``torch``/``compile`` runners leave precision to the tiled path's autocast.
     """
     check_backend(backend, device)
     if batch_size < 1:
@@ -125,7 +125,7 @@ class CompiledNet:
 class OnnxRuntimeNet:
     """The network's ONNX export run by onnxruntime, one cached export and session per tile shape.
 
-    The pipeline's U-Net tiles are 224x224 except for images smaller than a tile; each new tile shape gets
+    The segmenter's U-Net tiles are 224x224 except for images smaller than a tile; each new tile shape gets
     its own (cached) export, so results match PyTorch exactly rather than via padding.  On a CUDA device with
     ``onnxruntime-gpu``, inputs and outputs are bound to torch CUDA tensors (no host round trip); otherwise
     tensors go through NumPy on the CPU.

@@ -6,7 +6,7 @@ The exported graph has one input and two outputs::
     flows_cellprob  float32 [B, 3, T, T]   dY, dX, cell-probability logit
     style           float32 [B, S]         style vector
 
-The tile size ``T`` is fixed (224 for U-Nets, as the pipeline tiles them; the ViT's ``img_size``, 256, for
+The tile size ``T`` is fixed (224 for U-Nets, as the segmenter tiles them; the ViT's ``img_size``, 256, for
 ViTs), which is what TensorRT and graph-capturing runtimes want.  Files are written atomically (a temporary
 file in the same folder, then ``os.replace``), so a crash never leaves a truncated model under the final name.
 """
@@ -20,13 +20,15 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAMES", "OnnxCheck", "TileLike", "atomic_write", "cache_root",
+from ..io import atomic_write
+
+__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAMES", "OnnxCheck", "TileLike", "cache_root",
            "cached_onnx", "check_onnx", "default_tile", "export_onnx", "model_hash", "normalize_tile",
            "onnx_cache_key", "ort_providers", "ort_session", "require_onnxruntime"]
 
@@ -66,14 +68,6 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fastpose"
 
 
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``
-    (:func:`fastpose.io.atomic_write`)."""
-    from ..io import atomic_write as _atomic_write
-
-    return _atomic_write(path, write, to_path=True)
-
-
 def model_hash(model: nn.Module) -> str:
     """SHA-256 (hex) of a network's class, architecture and state dict (names, dtypes, shapes, values)."""
     h = hashlib.sha256()
@@ -89,9 +83,17 @@ def model_hash(model: nn.Module) -> str:
 
 
 def default_tile(model: nn.Module) -> int:
-    """The tile the pipeline feeds a network: the ViT's ``img_size``, 224 for everything else."""
-    size = getattr(model, "img_size", None)
-    return int(size) if size else 224
+    """The tile the segmenter feeds a network: its model spec's ``tile`` (the ViT's ``img_size``, 224 for U-Nets)."""
+    from ..models import spec_of
+
+    return int(spec_of(model, getattr(model, "fastpose_meta", None)).tile)
+
+
+def input_channels(model: nn.Module) -> int:
+    """Input channels of ``model`` (its model spec's ``nchan``)."""
+    from ..models import spec_of
+
+    return int(spec_of(model, getattr(model, "fastpose_meta", None)).nchan)
 
 
 def normalize_tile(model: nn.Module, tile: TileLike) -> Tuple[int, int]:
@@ -114,16 +116,6 @@ def normalize_tile(model: nn.Module, tile: TileLike) -> Tuple[int, int]:
     if isinstance(mult, int) and (hw[0] % mult or hw[1] % mult):
         raise ValueError(f"tile {hw} must be a multiple of {mult} for this U-Net (e.g. 224 or 256)")
     return hw
-
-
-def _nchan(model: nn.Module) -> int:
-    n = getattr(model, "nchan", None)
-    if n:
-        return int(n)
-    for p in model.parameters():
-        if p.ndim == 4:
-            return int(p.shape[1])
-    raise ValueError("cannot tell how many input channels the network takes (no 'nchan' attribute)")
 
 
 class _Exportable(nn.Module):
@@ -161,7 +153,7 @@ def export_onnx(model: nn.Module, path: PathLike, tile: TileLike = None, opset: 
     th, tw = normalize_tile(model, tile)
     net = copy.deepcopy(model).float().cpu().eval()
     wrapper = _Exportable(net).eval()
-    example = torch.zeros((2 if dynamic_batch else 1, _nchan(net), th, tw), dtype=torch.float32)
+    example = torch.zeros((2 if dynamic_batch else 1, input_channels(net), th, tw), dtype=torch.float32)
     axes = {n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)} if dynamic_batch else None
 
     def write(tmp: Path) -> None:
@@ -175,7 +167,7 @@ def export_onnx(model: nn.Module, path: PathLike, tile: TileLike = None, opset: 
                 except TypeError:  # PyTorch < 2.5 has no dynamo= argument (and only this exporter)
                     torch.onnx.export(wrapper, (example,), str(tmp), **kw)
 
-    out = atomic_write(path, write)
+    out = atomic_write(path, write, to_path=True)
     log.info("exported %s to %s (tile %dx%d, opset %d, %s batch)", type(model).__name__, out, th, tw, opset,
              "dynamic" if dynamic_batch else "fixed")
     return out

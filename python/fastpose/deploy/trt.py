@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, PathLike, TileLike, atomic_write, cache_root,
+from ..io import atomic_write
+from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, PathLike, TileLike, cache_root,
                           cached_onnx, model_hash, normalize_tile)
 
 __all__ = ["PRECISIONS", "TRT_MISSING", "TensorRTEngine", "TensorRTNet", "build_engine", "engine_cache_key",
@@ -110,7 +111,7 @@ def quantize_onnx(onnx_path: PathLike, out_path: PathLike, precision: str, calib
         raise RuntimeError(f'precision={precision!r} quantizes the ONNX export with NVIDIA ModelOpt: '
                            f'pip install "nvidia-modelopt[onnx]"') from e
     atomic_write(out_path, lambda tmp: quantize(onnx_path=str(onnx_path), quantize_mode=precision,
-                                                calibration_data=calibration, output_path=str(tmp)))
+                                                calibration_data=calibration, output_path=str(tmp)), to_path=True)
     return Path(out_path)
 
 
@@ -166,9 +167,9 @@ def build_engine(onnx_path: PathLike, engine_path: PathLike, precision: str = "f
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     if cache is not None:
         data = bytes(memoryview(config.get_timing_cache().serialize()))
-        atomic_write(timing_cache, lambda tmp: tmp.write_bytes(data))
+        atomic_write(timing_cache, lambda f: f.write(data))
     engine_bytes = bytes(memoryview(plan))
-    out = atomic_write(engine_path, lambda tmp: tmp.write_bytes(engine_bytes))
+    out = atomic_write(engine_path, lambda f: f.write(engine_bytes))
     log.info("wrote TensorRT engine %s (%.1f MB)", out, len(engine_bytes) / 2 ** 20)
     return out
 
@@ -195,9 +196,9 @@ def export_engine(model: nn.Module, engine_path: Optional[PathLike] = None, prec
         if calibration is None:
             raise ValueError(f"precision={precision!r} needs a calibration set: normalised tiles "
                              f"[N, C, {hw[0]}, {hw[1]}] (e.g. a few hundred tiles of typical images)")
-        from .onnx_export import _nchan
+        from .onnx_export import input_channels
 
-        calib = _calibration_array(calibration, _nchan(model), hw)
+        calib = _calibration_array(calibration, input_channels(model), hw)
         calib_digest = hashlib.sha256(calib.tobytes()).hexdigest()[:16]
     elif calibration is not None:
         log.warning("calibration set ignored for precision %s", precision)
