@@ -28,9 +28,9 @@ import torch.nn as nn
 
 from ..io import atomic_write
 
-__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAMES", "OnnxCheck", "TileLike", "cache_root",
-           "cached_onnx", "check_onnx", "default_tile", "export_onnx", "model_hash", "normalize_tile",
-           "onnx_cache_key", "ort_providers", "ort_session", "require_onnxruntime"]
+__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAMES", "OnnxCheck", "TileLike", "cache_root", "cached_onnx",
+           "check_onnx", "default_tile", "input_channels", "export_onnx", "model_hash", "normalize_tile",
+           "onnx_cache_key", "ort_providers", "ort_session", "require_module", "require_onnxruntime"]
 
 log = logging.getLogger("fastpose.deploy")
 
@@ -50,13 +50,19 @@ ORT_MISSING = ('the ONNX export / onnxruntime backend needs the packages "onnx" 
 # small helpers
 # --------------------------------------------------------------------------------------------------
 
+def require_module(name: str, missing: str) -> Any:
+    """Import and return the optional module ``name``; RuntimeError(``missing``, the install command) without it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise RuntimeError(missing) from e
+
+
 def require_onnxruntime() -> Any:
     """Import and return ``onnxruntime``; RuntimeError with the install command when it is missing."""
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise RuntimeError(ORT_MISSING) from e
-    return onnxruntime
+    return require_module("onnxruntime", ORT_MISSING)
 
 
 def cache_root() -> Path:

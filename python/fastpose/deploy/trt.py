@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 
 from ..io import atomic_write
-from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, PathLike, TileLike, cache_root,
-                          cached_onnx, model_hash, normalize_tile)
+from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAMES, PathLike, TileLike, cache_root, cached_onnx,
+                          model_hash, normalize_tile, require_module)
 
 __all__ = ["PRECISIONS", "TRT_MISSING", "TensorRTEngine", "TensorRTNet", "build_engine", "engine_cache_key",
            "export_engine", "quantize_onnx", "require_tensorrt"]
@@ -54,11 +54,7 @@ TRT_MISSING = ('backend "tensorrt" needs NVIDIA TensorRT\'s Python package, whic
 
 def require_tensorrt() -> Any:
     """Import and return ``tensorrt``; RuntimeError with the install command when it is missing."""
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise RuntimeError(TRT_MISSING) from e
-    return tensorrt
+    return require_module("tensorrt", TRT_MISSING)
 
 
 def _check_precision(precision: str) -> str:
