@@ -1,9 +1,40 @@
 #!/usr/bin/env bash
 # One command for a fresh machine: create .venv, build + install fastpose (CUDA kernels too when nvcc is
-# on PATH) with its test extras, then run the whole test suite (Python + the C++ API consumer test).
+# on PATH) with its test extras, install the reference packages of the compatibility tests, then run the whole
+# test suite (Python + the C++ API consumer test) and print the 15 slowest tests.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k flows`.
+#
+# Reference packages (never fastpose dependencies), checked against by tests/test_compat_cellpose.py:
+#   * Cellpose 4 in .venv beside fastpose, without its dependencies (tests/compat/cellpose4-requirements.txt);
+#   * Cellpose 3 in its own environment build-cp3/, driven by subprocess (tests/compat/cellpose3-requirements.txt).
+# FASTPOSE_REQUIRE_COMPAT=1 makes a missing reference package a test failure, not a skip.
+# FASTPOSE_COMPAT=0 skips installing them (the compatibility tests are then skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+
+if [ "${FASTPOSE_COMPAT:-1}" != 0 ]; then
+  t0=$SECONDS
+  .venv/bin/python -m pip install -q --no-deps -r tests/compat/cellpose4-requirements.txt
+  CP3=build-cp3
+  if ! "$CP3/bin/python" -c "import cellpose.models, sys; sys.exit(cellpose.version != '3.1.1.3')" 2>/dev/null; then
+    rm -rf "$CP3"
+    "${PYTHON:-python3}" -m venv "$CP3"
+    "$CP3/bin/python" -m pip install -q --upgrade pip
+    "$CP3/bin/python" -m pip install -q "torch==2.13.0"   # the CPU wheel first, as for .venv
+    "$CP3/bin/python" -m pip install -q -r tests/compat/cellpose3-requirements.txt
+    "$CP3/bin/python" -m pip install -q --no-deps "cellpose==3.1.1.3"
+  fi
+  export FASTPOSE_REQUIRE_COMPAT=1 FASTPOSE_CELLPOSE3_VENV="$PWD/$CP3"
+  echo "compatibility references (cellpose 4 in .venv, cellpose 3 in $CP3) ready in $((SECONDS - t0)) s"
+fi
+
 cd tests  # run against the installed package, not the source tree
-exec ../.venv/bin/python -m pytest -q -p no:cacheprovider "$@" .
+# -m "": run the tests marked slow too (plain pytest deselects them, see pyproject.toml)
+rc=0
+../.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 -m "" "$@" . || rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "scripts/test.sh: pytest collected no tests (exit code 5): counted as a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,4 +1,5 @@
-"""Shared fixtures: device parametrisation and synthetic label images.
+"""Shared fixtures: device parametrisation and synthetic label images (helpers that are not fixtures:
+``_helpers.py``).
 
 GPU cases are skipped when no CUDA GPU is usable, unless FASTPOSE_REQUIRE_CUDA=1, in which case they
 must run (and fail if the GPU path is missing).
@@ -6,23 +7,16 @@ must run (and fail if the GPU path is missing).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 import fastpose.core as fc
+from _helpers import REQUIRE_CUDA, cuda_ok
 from fastpose.synthetic import random_labels
-
-REQUIRE_CUDA = os.environ.get("FASTPOSE_REQUIRE_CUDA", "") == "1"
-
-
-def _cuda_ok() -> bool:
-    return fc.cuda_available()
 
 
 def pytest_configure(config):
-    if REQUIRE_CUDA and not _cuda_ok():
+    if REQUIRE_CUDA and not cuda_ok():
         raise pytest.UsageError("FASTPOSE_REQUIRE_CUDA=1 but no usable CUDA GPU / CUDA build of fastpose")
 
 
@@ -30,7 +24,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def pytest_collection_modifyitems(config, items):
-    if _cuda_ok():
+    if cuda_ok():
         return
     skip = pytest.mark.skip(reason="no CUDA GPU (set FASTPOSE_REQUIRE_CUDA=1 to make this an error)")
     for item in items:
@@ -55,8 +49,3 @@ def labels2d() -> np.ndarray:
 def labels3d() -> np.ndarray:
     """48x64x64 label volume with ~25 cells of diameter ~16."""
     return random_labels((48, 64, 64), 30, diameter=16, seed=2)
-
-
-def cellprob_from_labels(labels: np.ndarray) -> np.ndarray:
-    """Logit-like cell probability: +5 inside masks, -5 outside."""
-    return np.where(labels > 0, 5.0, -5.0).astype(np.float32)

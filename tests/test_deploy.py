@@ -4,7 +4,6 @@ onnxruntime, compile agree), the ONNX cache, and the TensorRT code paths that ru
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 from pathlib import Path
@@ -15,13 +14,13 @@ import pytest
 import torch
 
 import fastpose.deploy.onnx_export as ox
+from _helpers import ap_at
 from fastpose.cli import main
 from fastpose.deploy import (BACKENDS, CompiledNet, check_onnx, engine_cache_key, export_onnx, model_hash)
 from fastpose.deploy import trt as fptrt
 from fastpose.models import UNet, ViT, save_model
-from fastpose.pipeline import Segmenter, segment
+from fastpose.inference import Segmenter, segment
 from fastpose.synthetic import random_labels
-from test_pipeline import matched_ap
 
 ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install 'fastpose[onnx]')")
 
@@ -144,29 +143,44 @@ def _segment_all(net, backend, images, thresholds=None, **kw):
     return seg, out
 
 
-def test_backends_agree(images, monkeypatch):
-    """torch vs onnxruntime vs compile on a tiny U-Net: flows within 1e-3, masks AP@0.5 >= 0.99."""
+@pytest.fixture(scope="module")
+def torch_reference(images):
+    """The tiny U-Net's segmentations with the ``torch`` backend, the reference for the other backends."""
     net = _tiny_unet()
     _, ref = _segment_all(net, "torch", images)
     # the random network's cell probability is nearly flat: threshold at its median so there are masks
     thr = [float(np.median(r.cellprob)) for r in ref]
     _, ref = _segment_all(net, "torch", images, thr)
     assert all(r.masks.max() >= 20 for r in ref)
-    backends = ["onnxruntime"]
-    if _compile_works():
+    return net, thr, ref
+
+
+@pytest.mark.parametrize("backend", [b if b != "tensorrt" else pytest.param(b, marks=pytest.mark.cuda)
+                                     for b in BACKENDS if b != "torch"])
+def test_backend_agrees_with_torch(backend, torch_reference, images, monkeypatch):
+    """Each backend vs torch on a tiny U-Net: flows and probabilities within 1e-3, masks AP@0.5 >= 0.99."""
+    net, thr, ref = torch_reference
+    opts = {"device": "cpu"}
+    if backend == "compile":
+        if not _compile_works():
+            pytest.skip("torch.compile cannot run here")
         # inductor's first CPU compile takes minutes on 2 cores; aot_eager exercises the same wrapper
+        # (inductor itself: test_compile_backend_inductor)
         monkeypatch.setenv("FASTPOSE_COMPILE_BACKEND", "aot_eager")
-        backends.append("compile")
-    for be in backends:
-        seg, got = _segment_all(net, be, images, thr)
-        assert seg.backend == be and seg.runners[0] is not net
-        for a, b in zip(ref, got):
-            np.testing.assert_allclose(b.flows, a.flows, atol=1e-3)
-            np.testing.assert_allclose(b.cellprob, a.cellprob, atol=1e-3)
-            np.testing.assert_allclose(b.styles, a.styles, atol=1e-4)
-            assert matched_ap(a.masks, b.masks, 0.5) >= 0.99, be
-    if "compile" not in backends:
-        pytest.skip("torch.compile cannot run here; compared torch and onnxruntime only")
+    elif backend == "tensorrt":
+        try:
+            fptrt.require_tensorrt()
+        except RuntimeError as e:
+            pytest.skip(str(e))
+        opts = {"device": "cuda", "precision": "fp32"}
+    seg = Segmenter(net, batch_size=3, backend=backend, **opts)
+    assert seg.backend == backend and seg.runners[0] is not net
+    for i, (im, a) in enumerate(zip(images, ref)):
+        b = seg.segment(im, diameter=0, return_flows=True, cellprob_threshold=thr[i], flow_threshold=0.0)
+        np.testing.assert_allclose(b.flows, a.flows, atol=1e-3)
+        np.testing.assert_allclose(b.cellprob, a.cellprob, atol=1e-3)
+        np.testing.assert_allclose(b.styles, a.styles, atol=1e-4)
+        assert ap_at(a.masks, b.masks, 0.5) >= 0.99
 
 
 def test_onnxruntime_backend_on_the_bundled_model():
@@ -177,7 +191,7 @@ def test_onnxruntime_backend_on_the_bundled_model():
     a = segment(img, "nuclei", device="cpu", diameter=17.0)
     b = segment(img, "nuclei", device="cpu", diameter=17.0, backend="onnxruntime")
     assert a.masks.max() >= 50
-    assert matched_ap(a.masks, b.masks, 0.5) >= 0.99
+    assert ap_at(a.masks, b.masks, 0.5) >= 0.99
 
 
 def test_onnxruntime_cache(images, tmp_path, monkeypatch):
@@ -215,9 +229,7 @@ def test_compiled_net_pads_to_fixed_batches():
     torch.testing.assert_close(s, s0, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("FASTPOSE_RUN_SLOW") != "1",
-                    reason="inductor's first CPU compile takes ~1-2 min on 2 cores; set FASTPOSE_RUN_SLOW=1")
+@pytest.mark.slow  # inductor's first CPU compile takes ~1 min on 2 cores
 def test_compile_backend_inductor(images):
     if not _compile_works("inductor"):
         pytest.skip("torch.compile (inductor) cannot run here")

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 import fastpose.core as fc
-from conftest import cellprob_from_labels
+from _helpers import ap_at, cellprob_from_labels
 from fastpose.models import UNet, save_model
 from fastpose.inference import Segmenter, segment, stitch3D
 from fastpose.transforms import to_channels_first
 from fastpose.synthetic import random_labels
-from test_pipeline import matched_ap
 
 DATA = Path(__file__).resolve().parent / "data" / "models"
 
@@ -51,7 +50,7 @@ def test_oracle_pipeline_reproduces_compute_masks(shape):
     res = segment(img, Oracle(), device="cpu", channel_axis=0, normalize=False, return_flows=True)
     np.testing.assert_allclose(res.flows, dP, atol=1e-4)
     np.testing.assert_array_equal(res.masks, ref)
-    assert matched_ap(labels, res.masks, 0.9) >= 0.98
+    assert ap_at(labels, res.masks, 0.9) >= 0.98
 
 
 def test_oracle_pipeline_with_resizing():
@@ -59,7 +58,7 @@ def test_oracle_pipeline_with_resizing():
     img, _ = _oracle_image(labels)
     # diameter 15 with diam_mean 30: the image is upsampled 2x for the network and the outputs resized back
     res = segment(img, Oracle(), device="cpu", channel_axis=0, normalize=False, diameter=15.0)
-    assert matched_ap(labels, res.masks, 0.5) >= 0.9
+    assert ap_at(labels, res.masks, 0.5) >= 0.9
 
 
 def test_tiny_unet_shapes_and_dtypes(tiny_model_file):
@@ -142,7 +141,7 @@ def test_gpu_matches_cpu_with_oracle():
     img, _ = _oracle_image(labels)
     a = segment(img, Oracle(), device="cpu", channel_axis=0, normalize=False).masks
     b = segment(img, Oracle(), device="cuda", precision="fp32", channel_axis=0, normalize=False).masks
-    assert matched_ap(a, b, 0.9) >= 0.99
+    assert ap_at(a, b, 0.9) >= 0.99
 
 
 def test_segment_many_pools_and_matches_one_by_one(tiny_model_file):
