@@ -1,4 +1,6 @@
-// CUDA helpers shared by the kernels of every operation (compiled by nvcc only).
+// CUDA helpers shared by every operation: the one CUDA error check, launch sizes, the grid-stride loop, a
+// stream-ordered buffer.  Everything but FP_GRID_STRIDE (kernel code) is plain host code, so the .cpp files
+// that call the CUDA runtime (common/runtime.cpp, trt/trt_segmenter.cpp) use the same error check.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -29,16 +31,25 @@ namespace cuda {
 /// Call after every kernel launch.
 #define FP_CUDA_LAUNCH_CHECK() FP_CUDA_CHECK(cudaGetLastError())
 
+/// Grid-stride loop over items i in [0, n) (int64 index; n is evaluated every iteration).
+#define FP_GRID_STRIDE(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
 namespace fastpose {
 namespace cuda {
 
 inline cudaStream_t stream_of(const Exec& ex) { return static_cast<cudaStream_t>(ex.stream); }
 
-/// Number of blocks of `threads` threads covering n items (at least 1; callers return early on n == 0).
-inline unsigned int blocks_for(int64_t n, int threads) {
+/// Most blocks a grid-stride kernel (FP_GRID_STRIDE) is usually launched with: its threads loop beyond that.
+constexpr unsigned int kStrideBlocks = 65535u * 8u;
+
+/// The launch size: blocks of `threads` threads covering n items, at least 1 (callers return early on n == 0)
+/// and at most `cap`.  Kernels with one thread per item keep the default cap (the grid limit); grid-stride
+/// kernels pass kStrideBlocks or a smaller cap.
+inline unsigned int grid_for(int64_t n, int threads, unsigned int cap = 0x7fffffffu) {
   int64_t b = (n + threads - 1) / threads;
   if (b < 1) b = 1;
-  if (b > 0x7fffffff) b = 0x7fffffff;
+  if (b > int64_t(cap)) b = int64_t(cap);
   return static_cast<unsigned int>(b);
 }
 

@@ -5,7 +5,7 @@
 #include <string>
 
 #ifdef FASTPOSE_WITH_CUDA
-#include <cuda_runtime.h>
+#include "common/cuda_utils.cuh"  // the CUDA error check (host code)
 #endif
 
 #ifndef FASTPOSE_VERSION
@@ -57,23 +57,20 @@ namespace fastpose {
 namespace detail {
 
 #ifdef FASTPOSE_WITH_CUDA
-static void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw Error(std::string(what) + ": " + cudaGetErrorString(err));
-}
 void* device_alloc(size_t bytes, void* stream) {
   void* p = nullptr;
-  check(cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)), "cudaMallocAsync");
+  FP_CUDA_CHECK(cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)));
   return p;
 }
 void device_free(void* p, void* stream) noexcept { cudaFreeAsync(p, static_cast<cudaStream_t>(stream)); }
 void device_memset(void* p, int value, size_t bytes, void* stream) {
-  check(cudaMemsetAsync(p, value, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
+  FP_CUDA_CHECK(cudaMemsetAsync(p, value, bytes, static_cast<cudaStream_t>(stream)));
 }
 void device_copy(void* dst, const void* src, size_t bytes, int kind, void* stream) {
-  check(cudaMemcpyAsync(dst, src, bytes, static_cast<cudaMemcpyKind>(kind), static_cast<cudaStream_t>(stream)),
-        "cudaMemcpyAsync");
+  FP_CUDA_CHECK(
+      cudaMemcpyAsync(dst, src, bytes, static_cast<cudaMemcpyKind>(kind), static_cast<cudaStream_t>(stream)));
 }
-void device_sync(void* stream) { check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize"); }
+void device_sync(void* stream) { FP_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream))); }
 #else
 [[noreturn]] static void no_cuda() { throw Error("CUDA memory requested but fastpose was built without CUDA"); }
 void* device_alloc(size_t, void*) { no_cuda(); }

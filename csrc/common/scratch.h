@@ -6,7 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <vector>
+#include <memory>
+#include <type_traits>
 
 #include "fastpose/common.hpp"
 
@@ -21,15 +22,18 @@ void device_sync(void* stream);
 
 }  // namespace detail
 
-/// n elements of T on the device of `ex`, zero-initialised unless zero == false.
+/// n elements of T (a trivial type) on the device of `ex`, zero-initialised when zero == true and left
+/// uninitialised otherwise (for buffers the caller overwrites completely).
 template <typename T>
 class Scratch {
  public:
   Scratch(int64_t n, const Exec& ex, bool zero = true) : n_(n < 0 ? 0 : n), ex_(ex) {
+    if (n_ == 0) return;
     if (ex.device == Device::CPU) {
-      host_.assign(size_t(n_), T{});
-      ptr_ = host_.data();
-    } else if (n_ > 0) {
+      host_.reset(new T[size_t(n_)]);  // default-initialised: no fill
+      ptr_ = host_.get();
+      if (zero) std::memset(static_cast<void*>(ptr_), 0, sizeof(T) * size_t(n_));
+    } else {
       ptr_ = static_cast<T*>(detail::device_alloc(sizeof(T) * size_t(n_), ex.stream));
       if (zero) detail::device_memset(ptr_, 0, sizeof(T) * size_t(n_), ex.stream);
     }
@@ -44,10 +48,11 @@ class Scratch {
   int64_t size() const { return n_; }
 
  private:
+  static_assert(std::is_trivial<T>::value, "Scratch holds trivial types (zeroed with memset)");
   int64_t n_;
   Exec ex_;
   T* ptr_ = nullptr;
-  std::vector<T> host_;
+  std::unique_ptr<T[]> host_;
 };
 
 }  // namespace fastpose

@@ -4,10 +4,9 @@
 #include <climits>
 #include <cmath>
 #include <limits>
-#include <numeric>
-#include <string>
 #include <vector>
 
+#include "common/label_stats.h"
 #include "common/parallel.h"
 #include "flows/flows_backends.h"
 #include "flows/flows_impl.h"
@@ -19,49 +18,10 @@ namespace {
 using impl::Box;
 using impl::LabelStats;
 
-/// Maximum label after checking that no label is negative and that the maximum is at most `nlabels`
-/// (pass -1 for no such bound) and at most the number of pixels (sizes the per-label statistics).
-int64_t checked_max_label(const int32_t* labels, int64_t n, int64_t nlabels, const char* what, int nt) {
-  int32_t mn = 0, mx = 0;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : mn) reduction(max : mx)
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t l = labels[i];
-    mn = l < mn ? l : mn;
-    mx = l > mx ? l : mx;
-  }
-  if (mn < 0)
-    throw ArgumentError(std::string(what) + ": negative label " + std::to_string(mn) +
-                        " (labels must be >= 0, 0 = background)");
-  if (nlabels >= 0 && int64_t(mx) > nlabels)
-    throw ArgumentError(std::string(what) + ": label " + std::to_string(mx) + " exceeds nlabels (" +
-                        std::to_string(nlabels) + ")");
-  if (int64_t(mx) > n)
-    throw ArgumentError(std::string(what) + ": label " + std::to_string(mx) + " exceeds the number of pixels (" +
-                        std::to_string(n) + "); relabel sparse labels first");
-  return mx;
-}
-
-/// Bounding boxes, pixel counts and coordinate sums of labels 1..maxlab (one serial pass: cheap).
-std::vector<LabelStats> label_stats(const int32_t* labels, const Shape& shape, int64_t maxlab) {
-  std::vector<LabelStats> st(size_t(maxlab), impl::empty_label_stats());
-  const int64_t Y = shape.y, X = shape.x;
-  for (int64_t z = 0; z < shape.z; ++z) {
-    for (int64_t y = 0; y < Y; ++y) {
-      const int32_t* row = labels + (z * Y + y) * X;
-      for (int64_t x = 0; x < X; ++x) {
-        const int32_t l = row[x];
-        if (l <= 0) continue;
-        LabelStats& s = st[size_t(l - 1)];
-        const int32_t c[3] = {int32_t(z), int32_t(y), int32_t(x)};
-        for (int a = 0; a < 3; ++a) {
-          s.lo[a] = c[a] < s.lo[a] ? c[a] : s.lo[a];
-          s.hi[a] = c[a] > s.hi[a] ? c[a] : s.hi[a];
-          s.sum[a] += (unsigned long long)c[a];
-        }
-        s.count += 1;
-      }
-    }
-  }
+/// Statistics of labels 1..maxlab (the shared pass of common/label_stats.h).
+std::vector<LabelStats> stats_of(const int32_t* labels, const Shape& shape, int64_t maxlab, const Exec& ex) {
+  std::vector<LabelStats> st(static_cast<size_t>(maxlab));
+  label_stats(labels, shape, maxlab, st.data(), ex);
   return st;
 }
 
@@ -215,36 +175,25 @@ void errors_from_stats(const int32_t* labels, const Shape& shape, const float* d
 
 }  // namespace
 
-void masks_to_flows(const int32_t* labels, const Shape& shape, float* flows, int niter, const Exec& ex) {
-  const int nt = cpu_threads(ex);
-  const int64_t n = shape.numel();
-  if (n == 0) return;
-  const int64_t maxlab =
-      checked_max_label(labels, n, -1, "masks_to_flows", nt);
-  const std::vector<LabelStats> st = label_stats(labels, shape, maxlab);
-  flows_from_stats(labels, shape, st, niter, flows, nt);
+void masks_to_flows(const int32_t* labels, const Shape& shape, int64_t maxlab, float* flows, int niter,
+                    const Exec& ex) {
+  flows_from_stats(labels, shape, stats_of(labels, shape, maxlab, ex), niter, flows, cpu_threads(ex));
 }
 
-void flow_errors(const int32_t* labels, const Shape& shape, const float* dP, int64_t nlabels, float* errors,
-                 const Exec& ex) {
-  const int nt = cpu_threads(ex);
-  const int64_t n = shape.numel();
-  if (n == 0) {
+void flow_errors(const int32_t* labels, const Shape& shape, const float* dP, int64_t maxlab, int64_t nlabels,
+                 float* errors, const Exec& ex) {
+  if (shape.numel() == 0) {
     for (int64_t k = 0; k < nlabels; ++k) errors[k] = 0.0f;
     return;
   }
-  const int64_t maxlab = checked_max_label(labels, n, nlabels, "flow_errors", nt);
-  const std::vector<LabelStats> st = label_stats(labels, shape, maxlab);
-  errors_from_stats(labels, shape, dP, st, nlabels, errors, nt);
+  errors_from_stats(labels, shape, dP, stats_of(labels, shape, maxlab, ex), nlabels, errors, cpu_threads(ex));
 }
 
-int64_t remove_bad_flow_masks(int32_t* labels, const Shape& shape, const float* dP, int64_t nlabels, float threshold,
+int64_t remove_bad_flow_masks(int32_t* labels, const Shape& shape, const float* dP, int64_t maxlab, float threshold,
                               const Exec& ex) {
   const int nt = cpu_threads(ex);
   const int64_t n = shape.numel();
-  const int64_t maxlab = checked_max_label(labels, n, nlabels, "remove_bad_flow_masks", nt);
-  if (maxlab == 0) return 0;
-  const std::vector<LabelStats> st = label_stats(labels, shape, maxlab);
+  const std::vector<LabelStats> st = stats_of(labels, shape, maxlab, ex);
   std::vector<float> err(static_cast<size_t>(maxlab));
   errors_from_stats(labels, shape, dP, st, maxlab, err.data(), nt);
   std::vector<uint8_t> bad(static_cast<size_t>(maxlab), 0);

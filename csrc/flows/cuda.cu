@@ -1,7 +1,7 @@
 // CUDA backend of the heat-diffusion flow targets and the flow-error QC.
 //
-// 1. label min/max (integer atomics; one small device->host copy: sizes the per-label statistics)
-// 2. per-label statistics: bbox, count, coordinate sums (integer atomics, warp-aggregated)
+// 1.-2. label range and per-label statistics (bbox, count, coordinate sums): the shared passes of
+//    common/label_stats.h (the range check runs in the host wrapper)
 // 3. per-mask scratch: boxes that fit go to shared memory, the others get a slice of one global
 //    buffer at offsets from an exclusive scan (one small device->host copy: the total size)
 // 4. one thread block per mask: source search (deterministic block argmin), Jacobi iterations with
@@ -12,10 +12,10 @@
 #include <cstdint>
 #include <mutex>
 #include <set>
-#include <stdexcept>
 #include <string>
 
 #include "common/cuda_utils.cuh"
+#include "common/label_stats.h"
 #include "flows/flows_backends.h"
 #include "flows/flows_impl.h"
 
@@ -27,142 +27,26 @@ using impl::Box;
 using impl::LabelStats;
 
 constexpr int kThreads = 256;  // block size of the per-mask diffusion kernel (and of the argmin reduction)
-constexpr unsigned kFull = 0xffffffffu;
 static_assert(impl::kErrLanes == 256, "the error kernel's tree assumes 256 lanes");
-
-unsigned int grid_for(int64_t n, int threads, unsigned int cap) {
-  unsigned int b = cuda::blocks_for(n, threads);
-  return b > cap ? cap : b;
-}
 
 // Bytes of a mask's diffusion scratch: T0, T1 (float) and the in-mask flags (uint8), 16-byte multiple.
 __host__ __device__ __forceinline__ int64_t box_bytes(int64_t nbox) { return ((nbox * 9 + 15) / 16) * 16; }
 
-// ---------------------------------------------------------------------------------------------------
-// 1. label range
-
-__global__ void minmax_kernel(const int32_t* __restrict__ labels, int64_t n, int* __restrict__ mm) {
-  int mn = 0, mx = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int l = labels[i];
-    mn = l < mn ? l : mn;
-    mx = l > mx ? l : mx;
-  }
-  for (int off = 16; off > 0; off >>= 1) {
-    const int a = __shfl_down_sync(kFull, mn, off);
-    const int b = __shfl_down_sync(kFull, mx, off);
-    mn = a < mn ? a : mn;
-    mx = b > mx ? b : mx;
-  }
-  if ((threadIdx.x & 31) == 0) {
-    atomicMin(&mm[0], mn);
-    atomicMax(&mm[1], mx);
-  }
-}
-
-/// Maximum label after the checks of the CPU backend (negative labels, > nlabels when nlabels >= 0, > n).
-int64_t checked_max_label(const int32_t* labels, int64_t n, int64_t nlabels, const char* what, cudaStream_t stream) {
-  cuda::DeviceBuffer<int> mm(2, stream);
-  mm.zero();
-  minmax_kernel<<<grid_for(n, 256, 1024), 256, 0, stream>>>(labels, n, mm.get());
-  FP_CUDA_LAUNCH_CHECK();
-  int h[2] = {0, 0};
-  cuda::copy_to_host_sync(h, mm.get(), 2, stream);
-  if (h[0] < 0)
-    throw ArgumentError(std::string(what) + ": negative label " + std::to_string(h[0]) +
-                        " (labels must be >= 0, 0 = background)");
-  if (nlabels >= 0 && int64_t(h[1]) > nlabels)
-    throw ArgumentError(std::string(what) + ": label " + std::to_string(h[1]) + " exceeds nlabels (" +
-                        std::to_string(nlabels) + ")");
-  if (int64_t(h[1]) > n)
-    throw ArgumentError(std::string(what) + ": label " + std::to_string(h[1]) + " exceeds the number of pixels (" +
-                        std::to_string(n) + "); relabel sparse labels first");
-  return h[1];
-}
-
-// ---------------------------------------------------------------------------------------------------
-// 2. per-label statistics
-
-__global__ void stats_init_kernel(LabelStats* __restrict__ st, int64_t L) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < L; k += int64_t(gridDim.x) * blockDim.x) {
-    st[k] = impl::empty_label_stats();
-  }
-}
-
-__global__ void stats_kernel(const int32_t* __restrict__ labels, Shape shape, LabelStats* __restrict__ st) {
-  const int64_t n = shape.numel();
-  const int lane = threadIdx.x & 31;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;  // multiple of 32: (i - lane) is warp-uniform
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i - lane < n; i += stride) {
-    const bool valid = i < n;
-    const int32_t l = valid ? labels[i] : 0;
-    int c[3] = {0, 0, 0};
-    if (valid) {
-      const int64_t r = i / shape.x;
-      c[2] = int(i - r * shape.x);
-      c[1] = int(r % shape.y);
-      c[0] = int(r / shape.y);
-    }
-    const int32_t l0 = __shfl_sync(kFull, l, 0);
-    if (__all_sync(kFull, l == l0)) {  // whole warp inside one label (or background): one set of atomics
-      if (l0 <= 0) continue;
-      int lo[3], hi[3];
-      unsigned long long sum[3];
-      for (int a = 0; a < 3; ++a) {
-        lo[a] = c[a];
-        hi[a] = c[a];
-        sum[a] = (unsigned long long)c[a];
-      }
-      for (int off = 16; off > 0; off >>= 1) {
-        for (int a = 0; a < 3; ++a) {
-          const int p = __shfl_down_sync(kFull, lo[a], off);
-          const int q = __shfl_down_sync(kFull, hi[a], off);
-          const unsigned long long r = __shfl_down_sync(kFull, sum[a], off);
-          lo[a] = p < lo[a] ? p : lo[a];
-          hi[a] = q > hi[a] ? q : hi[a];
-          sum[a] += r;
-        }
-      }
-      if (lane == 0) {
-        LabelStats& s = st[l0 - 1];
-        for (int a = 0; a < 3; ++a) {
-          atomicMin(&s.lo[a], lo[a]);
-          atomicMax(&s.hi[a], hi[a]);
-          atomicAdd(&s.sum[a], sum[a]);
-        }
-        atomicAdd(&s.count, 32ull);
-      }
-    } else if (l > 0) {
-      LabelStats& s = st[l - 1];
-      for (int a = 0; a < 3; ++a) {
-        atomicMin(&s.lo[a], c[a]);
-        atomicMax(&s.hi[a], c[a]);
-        atomicAdd(&s.sum[a], (unsigned long long)c[a]);
-      }
-      atomicAdd(&s.count, 1ull);
-    }
-  }
-}
-
-cuda::DeviceBuffer<LabelStats> device_stats(const int32_t* labels, const Shape& shape, int64_t maxlab,
-                                            cudaStream_t stream) {
-  cuda::DeviceBuffer<LabelStats> st(maxlab, stream);
-  if (maxlab == 0) return st;
-  stats_init_kernel<<<grid_for(maxlab, 256, 4096), 256, 0, stream>>>(st.get(), maxlab);
-  FP_CUDA_LAUNCH_CHECK();
-  stats_kernel<<<grid_for(shape.numel(), 256, 8192), 256, 0, stream>>>(labels, shape, st.get());
-  FP_CUDA_LAUNCH_CHECK();
+/// Statistics of labels 1..maxlab (the shared pass of common/label_stats.h).
+cuda::DeviceBuffer<LabelStats> stats_of(const int32_t* labels, const Shape& shape, int64_t maxlab, const Exec& ex) {
+  cuda::DeviceBuffer<LabelStats> st(maxlab, cuda::stream_of(ex));
+  label_stats(labels, shape, maxlab, st.get(), ex);
   return st;
 }
 
 // ---------------------------------------------------------------------------------------------------
 // 3. scratch layout
 
-// sizes[k] = global scratch bytes of mask k (0 when absent or when its box fits in shared memory);
-// meta[1] = max shared-memory bytes over the masks that fit.
+// st: [L] label statistics; sizes: [L] output, global scratch bytes of mask k (0 when absent or when its box
+// fits in shared memory); meta: [2] in/out, meta[1] = max shared-memory bytes over the masks that fit.
 __global__ void scratch_sizes_kernel(const LabelStats* __restrict__ st, int64_t L, int ndim, int64_t smem_limit,
                                      unsigned long long* __restrict__ sizes, unsigned long long* __restrict__ meta) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < L; k += int64_t(gridDim.x) * blockDim.x) {
+  FP_GRID_STRIDE(k, L) {
     unsigned long long sz = 0;
     if (st[k].count > 0) {
       const int64_t bytes = box_bytes(impl::padded_box(st[k], ndim).size());
@@ -175,7 +59,7 @@ __global__ void scratch_sizes_kernel(const LabelStats* __restrict__ st, int64_t 
   }
 }
 
-// In-place exclusive scan of sizes[0..L) by one block of 1024 threads; meta[0] = total.
+// v: [L] in/out, exclusive scan in place, by one block of kScanThreads threads; meta: [2] in/out, meta[0] = total.
 constexpr int kScanThreads = 1024;
 __global__ void exclusive_scan_kernel(unsigned long long* __restrict__ v, int64_t L,
                                       unsigned long long* __restrict__ meta) {
@@ -205,6 +89,9 @@ __global__ void exclusive_scan_kernel(unsigned long long* __restrict__ v, int64_
 // ---------------------------------------------------------------------------------------------------
 // 4. per-mask diffusion
 
+// One block per label k + 1.  labels: [Z, Y, X] int32; st: [gridDim.x] label statistics; offs: [gridDim.x] byte
+// offsets into gscratch of the masks whose box does not fit in shared memory; gscratch: [total] bytes;
+// flows: [NDIM, Z, Y, X] float32 output, written at the pixels of each mask (zero elsewhere beforehand).
 template <int NDIM>
 __global__ void __launch_bounds__(kThreads)
     mask_flows_kernel(const int32_t* __restrict__ labels, Shape shape, const LabelStats* __restrict__ st,
@@ -308,7 +195,7 @@ int64_t smem_limit_bytes() {
 /// Raise the kernel's dynamic shared-memory limit to `limit` bytes, once per device (process-wide, under a lock).
 /// Needed whenever static + dynamic shared memory exceeds the 48 KiB default, i.e. for dynamic sizes above
 /// 48 KiB minus the kernel's 4 KiB of static arrays: a launch in that window without it fails with "invalid
-/// argument" (seen on an H100 with masks of ~70x70 pixels).
+/// argument" (seen on an H100 with masks of ~70x70 pixels).  `limit` is fixed per device (smem_limit_bytes).
 template <int NDIM>
 void allow_dynamic_smem(int64_t limit) {
   static std::mutex mu;
@@ -326,6 +213,16 @@ void allow_dynamic_smem(int64_t limit) {
   done.insert(dev);
 }
 
+/// One block per label, `smem` bytes of dynamic shared memory (0: every box is in global scratch).
+template <int NDIM>
+void launch_mask_flows(const int32_t* labels, const Shape& shape, const LabelStats* st, int64_t maxlab,
+                       const unsigned long long* offs, unsigned char* scratch, int smem, int64_t smem_limit, int niter,
+                       float* flows, cudaStream_t stream) {
+  if (smem > 0) allow_dynamic_smem<NDIM>(smem_limit);
+  mask_flows_kernel<NDIM><<<unsigned(maxlab), kThreads, smem, stream>>>(labels, shape, st, offs, scratch, smem_limit,
+                                                                       niter, flows);
+}
+
 /// Flows of labels 1..maxlab with statistics st (flows fully overwritten).
 void device_flows(const int32_t* labels, const Shape& shape, const LabelStats* st, int64_t maxlab, int niter,
                   float* flows, cudaStream_t stream) {
@@ -336,8 +233,8 @@ void device_flows(const int32_t* labels, const Shape& shape, const LabelStats* s
   cuda::DeviceBuffer<unsigned long long> offs(maxlab, stream);
   cuda::DeviceBuffer<unsigned long long> meta(2, stream);
   meta.zero();
-  scratch_sizes_kernel<<<grid_for(maxlab, 256, 4096), 256, 0, stream>>>(st, maxlab, shape.ndim, smem_limit,
-                                                                        offs.get(), meta.get());
+  scratch_sizes_kernel<<<cuda::grid_for(maxlab, 256, 4096), 256, 0, stream>>>(st, maxlab, shape.ndim, smem_limit,
+                                                                              offs.get(), meta.get());
   FP_CUDA_LAUNCH_CHECK();
   exclusive_scan_kernel<<<1, kScanThreads, 0, stream>>>(offs.get(), maxlab, meta.get());
   FP_CUDA_LAUNCH_CHECK();
@@ -345,16 +242,11 @@ void device_flows(const int32_t* labels, const Shape& shape, const LabelStats* s
   cuda::copy_to_host_sync(h, meta.get(), 2, stream);
   cuda::DeviceBuffer<unsigned char> scratch(int64_t(h[0]), stream);
   const int smem = int(h[1]);
-  if (shape.ndim == 3) {
-    if (smem > 0) allow_dynamic_smem<3>(smem_limit);
-    mask_flows_kernel<3><<<unsigned(maxlab), kThreads, smem, stream>>>(labels, shape, st, offs.get(), scratch.get(),
-                                                                      smem_limit, niter, flows);
-  } else {
-    if (smem > 0) allow_dynamic_smem<2>(smem_limit);
-    mask_flows_kernel<2><<<unsigned(maxlab), kThreads, smem, stream>>>(labels, shape, st, offs.get(), scratch.get(),
-                                                                      smem_limit, niter, flows);
-  }
-  const cudaError_t err = cudaGetLastError();
+  if (shape.ndim == 3)
+    launch_mask_flows<3>(labels, shape, st, maxlab, offs.get(), scratch.get(), smem, smem_limit, niter, flows, stream);
+  else
+    launch_mask_flows<2>(labels, shape, st, maxlab, offs.get(), scratch.get(), smem, smem_limit, niter, flows, stream);
+  const cudaError_t err = cudaGetLastError();  // covers both branches, and names the launch configuration
   if (err != cudaSuccess) {
     const std::string what = "mask_flows_kernel launch (" + std::to_string(maxlab) + " blocks of " +
                              std::to_string(kThreads) + " threads, " + std::to_string(smem) +
@@ -366,6 +258,9 @@ void device_flows(const int32_t* labels, const Shape& shape, const LabelStats* s
 // ---------------------------------------------------------------------------------------------------
 // 5. flow errors and QC
 
+// One block of kErrLanes threads per label k + 1.  labels: [Z, Y, X] int32; flows: [ndim, Z, Y, X] float32
+// (masks_to_flows of labels); dP: [ndim, Z, Y, X] float32; st: [gridDim.x] label statistics;
+// errors: [gridDim.x] float32 output.
 __global__ void __launch_bounds__(impl::kErrLanes)
     mask_errors_kernel(const int32_t* __restrict__ labels, Shape shape, const float* __restrict__ flows,
                        const float* __restrict__ dP, const LabelStats* __restrict__ st, float* __restrict__ errors) {
@@ -410,15 +305,18 @@ void device_errors(const int32_t* labels, const Shape& shape, const float* dP, c
   FP_CUDA_LAUNCH_CHECK();
 }
 
+// st: [L] label statistics; err: [L] float32 flow errors; count: [1] in/out, += masks to remove.
 __global__ void count_bad_kernel(const LabelStats* __restrict__ st, const float* __restrict__ err, int64_t L,
                                  float threshold, unsigned long long* __restrict__ count) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < L; k += int64_t(gridDim.x) * blockDim.x)
+  FP_GRID_STRIDE(k, L) {
     if (st[k].count > 0 && impl::flow_mask_bad(err[k], threshold)) atomicAdd(count, 1ull);
+  }
 }
 
+// labels: [n] int32 in [0, L], modified in place; err: [L] float32 flow errors of labels 1..L.
 __global__ void zero_bad_kernel(int32_t* __restrict__ labels, int64_t n, const float* __restrict__ err,
                                 float threshold) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  FP_GRID_STRIDE(i, n) {
     const int32_t l = labels[i];
     if (l > 0 && impl::flow_mask_bad(err[l - 1], threshold)) labels[i] = 0;
   }
@@ -426,45 +324,37 @@ __global__ void zero_bad_kernel(int32_t* __restrict__ labels, int64_t n, const f
 
 }  // namespace
 
-void masks_to_flows(const int32_t* labels, const Shape& shape, float* flows, int niter, const Exec& ex) {
-  const int64_t n = shape.numel();
-  if (n == 0) return;
-  cudaStream_t stream = cuda::stream_of(ex);
-  const int64_t maxlab = checked_max_label(labels, n, -1, "masks_to_flows", stream);
-  cuda::DeviceBuffer<LabelStats> st = device_stats(labels, shape, maxlab, stream);
-  device_flows(labels, shape, st.get(), maxlab, niter, flows, stream);
+void masks_to_flows(const int32_t* labels, const Shape& shape, int64_t maxlab, float* flows, int niter,
+                    const Exec& ex) {
+  cuda::DeviceBuffer<LabelStats> st = stats_of(labels, shape, maxlab, ex);
+  device_flows(labels, shape, st.get(), maxlab, niter, flows, cuda::stream_of(ex));
 }
 
-void flow_errors(const int32_t* labels, const Shape& shape, const float* dP, int64_t nlabels, float* errors,
-                 const Exec& ex) {
+void flow_errors(const int32_t* labels, const Shape& shape, const float* dP, int64_t maxlab, int64_t nlabels,
+                 float* errors, const Exec& ex) {
   cudaStream_t stream = cuda::stream_of(ex);
   if (nlabels > 0) FP_CUDA_CHECK(cudaMemsetAsync(errors, 0, sizeof(float) * size_t(nlabels), stream));
-  const int64_t n = shape.numel();
-  if (n == 0) return;
-  const int64_t maxlab = checked_max_label(labels, n, nlabels, "flow_errors", stream);
-  cuda::DeviceBuffer<LabelStats> st = device_stats(labels, shape, maxlab, stream);
+  if (shape.numel() == 0) return;
+  cuda::DeviceBuffer<LabelStats> st = stats_of(labels, shape, maxlab, ex);
   device_errors(labels, shape, dP, st.get(), maxlab, errors, stream);
 }
 
-int64_t remove_bad_flow_masks(int32_t* labels, const Shape& shape, const float* dP, int64_t nlabels, float threshold,
+int64_t remove_bad_flow_masks(int32_t* labels, const Shape& shape, const float* dP, int64_t maxlab, float threshold,
                               const Exec& ex) {
   const int64_t n = shape.numel();
-  if (n == 0) return 0;
   cudaStream_t stream = cuda::stream_of(ex);
-  const int64_t maxlab = checked_max_label(labels, n, nlabels, "remove_bad_flow_masks", stream);
-  if (maxlab == 0) return 0;
-  cuda::DeviceBuffer<LabelStats> st = device_stats(labels, shape, maxlab, stream);
+  cuda::DeviceBuffer<LabelStats> st = stats_of(labels, shape, maxlab, ex);
   cuda::DeviceBuffer<float> err(maxlab, stream);
   device_errors(labels, shape, dP, st.get(), maxlab, err.get(), stream);
   cuda::DeviceBuffer<unsigned long long> count(1, stream);
   count.zero();
-  count_bad_kernel<<<grid_for(maxlab, 256, 4096), 256, 0, stream>>>(st.get(), err.get(), maxlab, threshold,
-                                                                    count.get());
+  count_bad_kernel<<<cuda::grid_for(maxlab, 256, 4096), 256, 0, stream>>>(st.get(), err.get(), maxlab, threshold,
+                                                                          count.get());
   FP_CUDA_LAUNCH_CHECK();
   unsigned long long removed = 0;
   cuda::copy_to_host_sync(&removed, count.get(), 1, stream);
   if (removed == 0) return 0;
-  zero_bad_kernel<<<grid_for(n, 256, 8192), 256, 0, stream>>>(labels, n, err.get(), threshold);
+  zero_bad_kernel<<<cuda::grid_for(n, 256, 8192), 256, 0, stream>>>(labels, n, err.get(), threshold);
   FP_CUDA_LAUNCH_CHECK();
   return int64_t(removed);
 }

@@ -10,31 +10,13 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/label_stats.h"
 #include "fastpose/common.hpp"
 
 namespace fastpose {
 namespace impl {
 
-/// Per-label statistics (one pass over the image).  Coordinates are absolute image coordinates,
-/// axis order (z, y, x); 2D images have z == 0 everywhere.
-struct LabelStats {
-  int32_t lo[3];  ///< bounding-box minimum per axis (INT32_MAX when the label is absent)
-  int32_t hi[3];  ///< bounding-box maximum per axis, inclusive (-1 when absent)
-  unsigned long long count;   ///< number of pixels
-  unsigned long long sum[3];  ///< coordinate sums per axis
-};
-
-/// Statistics of a label with no pixels yet (the starting value of the accumulation on both backends).
-FP_HOST_DEVICE LabelStats empty_label_stats() {
-  LabelStats s;
-  for (int a = 0; a < 3; ++a) {
-    s.lo[a] = 2147483647;
-    s.hi[a] = -1;
-    s.sum[a] = 0;
-  }
-  s.count = 0;
-  return s;
-}
+// The per-mask statistics (box, count, centre of mass) are impl::LabelStats (common/label_stats.h).
 
 /// Padded box of one mask.
 struct Box {

@@ -1,7 +1,7 @@
 // CPU (OpenMP) backend of fill_holes_and_remove_small_masks.
-#include <algorithm>
 #include <vector>
 
+#include "common/label_stats.h"
 #include "common/parallel.h"
 #include "masks/masks_backends.h"
 #include "masks/masks_impl.h"
@@ -20,76 +20,23 @@ inline void atomic_min_i32(int32_t* p, int32_t v) {
   }
 }
 
-void accumulate(int64_t* s, int64_t z, int64_t y, int64_t x) {
-  s[0] += 1;
-  s[1] = std::min(s[1], z);
-  s[2] = std::max(s[2], z);
-  s[3] = std::min(s[3], y);
-  s[4] = std::max(s[4], y);
-  s[5] = std::min(s[5], x);
-  s[6] = std::max(s[6], x);
-}
-
 }  // namespace
-
-void label_range(const int32_t* labels, int64_t n, int32_t* min_label, int32_t* max_label, const Exec& ex) {
-  const int nt = cpu_threads(ex);
-  int32_t lo = labels[0], hi = labels[0];
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : lo) reduction(max : hi)
-  for (int64_t i = 0; i < n; ++i) {
-    lo = std::min(lo, labels[i]);
-    hi = std::max(hi, labels[i]);
-  }
-  *min_label = lo;
-  *max_label = hi;
-}
 
 int64_t fill_holes_and_remove_small_masks(int32_t* labels, const Shape& shape, int32_t max_label,
                                           int64_t min_size, const Exec& ex) {
   const int64_t n = shape.numel(), Y = shape.y, X = shape.x;
   const int64_t nlab = int64_t(max_label) + 1;
-  const int K = impl::kStatsPerLabel;
   const int nt = cpu_threads(ex);
 
-  // 1. statistics: thread-local tables (as many as memory comfortably allows), merged per label.
-  int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(nt, n / (8 * nlab)));
-  std::vector<int64_t> part(size_t(nparts * nlab * K));
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t i = 0; i < nparts * nlab; ++i) impl::stats_init(&part[size_t(i * K)]);
-#pragma omp parallel for num_threads(int(nparts)) schedule(static)
-  for (int64_t p = 0; p < nparts; ++p) {
-    int64_t* tab = &part[size_t(p * nlab * K)];
-    const int64_t begin = n * p / nparts, end = n * (p + 1) / nparts;
-    for (int64_t i = begin; i < end; ++i) {
-      const int32_t v = labels[i];
-      if (v <= 0) continue;
-      int64_t z, y, x;
-      impl::unravel(i, Y, X, z, y, x);
-      accumulate(&tab[size_t(v) * K], z, y, x);
-    }
-  }
-  std::vector<int64_t> stats(part.begin(), part.begin() + nlab * K);
-  if (nparts > 1) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t l = 1; l < nlab; ++l) {
-      int64_t* s = &stats[size_t(l * K)];
-      for (int64_t p = 1; p < nparts; ++p) {
-        const int64_t* q = &part[size_t((p * nlab + l) * K)];
-        s[0] += q[0];
-        for (int a = 0; a < 3; ++a) {
-          s[1 + 2 * a] = std::min(s[1 + 2 * a], q[1 + 2 * a]);
-          s[2 + 2 * a] = std::max(s[2 + 2 * a], q[2 + 2 * a]);
-        }
-      }
-    }
-  }
-  std::vector<int64_t>().swap(part);
+  // 1. statistics of labels 1..max_label (label l at stats[l - 1]).
+  std::vector<impl::LabelStats> stats(static_cast<size_t>(max_label));
+  label_stats(labels, shape, max_label, stats.data(), ex);
 
   // 2. kept labels, renumbered in increasing order.
   std::vector<int32_t> newlabel(size_t(nlab), 0);
   std::vector<int32_t> kept;
   for (int64_t l = 1; l < nlab; ++l) {
-    if (impl::keep_label(&stats[size_t(l * K)], min_size)) {
+    if (impl::keep_label(stats[size_t(l - 1)], min_size)) {
       kept.push_back(int32_t(l));
       newlabel[size_t(l)] = int32_t(kept.size());
     }
@@ -100,17 +47,17 @@ int64_t fill_holes_and_remove_small_masks(int32_t* labels, const Shape& shape, i
   const int32_t* nl = newlabel.data();
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<uint8_t> st;
+    std::vector<uint8_t> buf;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < N; ++k) {
       const int32_t l = kept[size_t(k)];
-      const int64_t* s = &stats[size_t(l) * K];
-      const int64_t y0 = s[3], x0 = s[5];
-      const int64_t h = s[4] - s[3] + 1, w = s[6] - s[5] + 1;
+      const impl::LabelStats& s = stats[size_t(l - 1)];
+      const int64_t y0 = s.lo[1], x0 = s.lo[2];
+      const int64_t h = impl::box_extent(s, 1), w = impl::box_extent(s, 2);
       if (h <= 2 || w <= 2) continue;  // every box pixel is on the border: no holes
-      st.resize(size_t(h * w));
-      uint8_t* state = st.data();
-      for (int64_t z = s[1]; z <= s[2]; ++z) {
+      buf.resize(size_t(h * w));
+      uint8_t* state = buf.data();
+      for (int64_t z = s.lo[0]; z <= s.hi[0]; ++z) {
         int32_t* plane = labels + z * Y * X;
         for (int64_t y = 0; y < h; ++y)
           for (int64_t x = 0; x < w; ++x)

@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "common/cuda_utils.cuh"
+#include "common/label_stats.h"
 #include "masks/masks_backends.h"
 #include "masks/masks_impl.h"
 
@@ -13,44 +14,12 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kScanThreads = 1024;
 
-unsigned int grid_for(int64_t n) { return std::min(cuda::blocks_for(n, kThreads), 65535u * 8u); }
+using impl::LabelStats;
 
-__global__ void range_kernel(const int32_t* __restrict__ labels, int64_t n, int* __restrict__ range) {
-  int lo = 0, hi = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int v = labels[i];
-    lo = min(lo, v);
-    hi = max(hi, v);
-  }
-  if (lo < 0) atomicMin(&range[0], lo);
-  if (hi > 0) atomicMax(&range[1], hi);
-}
-
-__global__ void stats_init_kernel(int64_t* stats, int64_t nlab) {
-  for (int64_t l = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; l < nlab; l += int64_t(gridDim.x) * blockDim.x)
-    impl::stats_init(stats + l * impl::kStatsPerLabel);
-}
-
-__global__ void stats_kernel(const int32_t* __restrict__ labels, int64_t n, int64_t Y, int64_t X, int64_t* stats) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int32_t v = labels[i];
-    if (v <= 0) continue;
-    int64_t z, y, x;
-    impl::unravel(i, Y, X, z, y, x);
-    long long* s = reinterpret_cast<long long*>(stats + int64_t(v) * impl::kStatsPerLabel);
-    atomicAdd(reinterpret_cast<unsigned long long*>(s), 1ull);
-    atomicMin(s + 1, (long long)z);
-    atomicMax(s + 2, (long long)z);
-    atomicMin(s + 3, (long long)y);
-    atomicMax(s + 4, (long long)y);
-    atomicMin(s + 5, (long long)x);
-    atomicMax(s + 6, (long long)x);
-  }
-}
-
-// One block of kScanThreads: newlabel[l] = rank of l among kept labels (0 if removed), kept[rank-1] = l,
-// meta = [N, max box plane area of kept masks].
-__global__ void __launch_bounds__(kScanThreads) renumber_kernel(const int64_t* __restrict__ stats, int64_t nlab,
+// One block of kScanThreads.  stats: [nlab - 1] label statistics (label l at l - 1); newlabel: [nlab] int32
+// output, rank of l among kept labels (0 if removed); kept: [nlab] int32 output, kept[rank - 1] = l;
+// meta: [2] int64 output, [N, max box plane area of kept masks].
+__global__ void __launch_bounds__(kScanThreads) renumber_kernel(const LabelStats* __restrict__ stats, int64_t nlab,
                                                                 int64_t min_size, int32_t* __restrict__ newlabel,
                                                                 int32_t* __restrict__ kept, int64_t* __restrict__ meta) {
   __shared__ int64_t part[kScanThreads];
@@ -60,10 +29,9 @@ __global__ void __launch_bounds__(kScanThreads) renumber_kernel(const int64_t* _
   const int64_t begin = min(nlab, t * chunk), end = min(nlab, begin + chunk);
   int64_t cnt = 0, am = 0;
   for (int64_t l = begin; l < end; ++l) {
-    const int64_t* s = stats + l * impl::kStatsPerLabel;
-    if (l > 0 && impl::keep_label(s, min_size)) {
+    if (l > 0 && impl::keep_label(stats[l - 1], min_size)) {
       ++cnt;
-      am = max(am, impl::box_plane_area(s));
+      am = max(am, impl::box_plane_area(stats[l - 1]));
     }
   }
   part[t] = cnt;
@@ -83,7 +51,7 @@ __global__ void __launch_bounds__(kScanThreads) renumber_kernel(const int64_t* _
   __syncthreads();
   int64_t rank = part[t];
   for (int64_t l = begin; l < end; ++l) {
-    if (l > 0 && impl::keep_label(stats + l * impl::kStatsPerLabel, min_size)) {
+    if (l > 0 && impl::keep_label(stats[l - 1], min_size)) {
       ++rank;
       newlabel[l] = int32_t(rank);
       kept[rank - 1] = int32_t(l);
@@ -93,8 +61,10 @@ __global__ void __launch_bounds__(kScanThreads) renumber_kernel(const int64_t* _
   }
 }
 
-// Blocks loop over kept masks; each owns a scratch box plane of `slot` bytes.
-__global__ void fill_kernel(int32_t* labels, int64_t Y, int64_t X, const int64_t* __restrict__ stats,
+// Blocks loop over the N kept masks; each owns a scratch box plane of `slot` bytes.  labels: [Z, Y, X] int32,
+// modified in place (claims); stats: [max_label] label statistics (label l at l - 1); kept: [N] int32 labels;
+// newlabel: [max_label + 1] int32; scratch: [gridDim.x * slot] uint8.
+__global__ void fill_kernel(int32_t* labels, int64_t Y, int64_t X, const LabelStats* __restrict__ stats,
                             const int32_t* __restrict__ kept, int64_t N, const int32_t* __restrict__ newlabel,
                             uint8_t* scratch, int64_t slot) {
   __shared__ int changed;
@@ -102,12 +72,12 @@ __global__ void fill_kernel(int32_t* labels, int64_t Y, int64_t X, const int64_t
   const int tid = threadIdx.x, nthr = blockDim.x;
   for (int64_t k = blockIdx.x; k < N; k += gridDim.x) {
     const int32_t l = kept[k];
-    const int64_t* s = stats + int64_t(l) * impl::kStatsPerLabel;
-    const int64_t y0 = s[3], x0 = s[5];
-    const int64_t h = s[4] - s[3] + 1, w = s[6] - s[5] + 1;
+    const LabelStats s = stats[l - 1];
+    const int64_t y0 = s.lo[1], x0 = s.lo[2];
+    const int64_t h = impl::box_extent(s, 1), w = impl::box_extent(s, 2);
     if (h <= 2 || w <= 2) continue;  // every box pixel is on the border: no holes (uniform per block)
     const int64_t area = h * w;
-    for (int64_t z = s[1]; z <= s[2]; ++z) {
+    for (int64_t z = s.lo[0]; z <= s.hi[0]; ++z) {
       int32_t* plane = labels + z * Y * X;
       for (int64_t i = tid; i < area; i += nthr) {
         const int64_t y = i / w, x = i % w;
@@ -138,27 +108,12 @@ __global__ void fill_kernel(int32_t* labels, int64_t Y, int64_t X, const int64_t
   }
 }
 
+// labels: [n] int32 (labels and claims), modified in place; newlabel: [max_label + 1] int32.
 __global__ void relabel_kernel(int32_t* labels, int64_t n, const int32_t* __restrict__ newlabel) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    labels[i] = impl::final_label(labels[i], newlabel);
+  FP_GRID_STRIDE(i, n) { labels[i] = impl::final_label(labels[i], newlabel); }
 }
 
 }  // namespace
-
-void label_range(const int32_t* labels, int64_t n, int32_t* min_label, int32_t* max_label, const Exec& ex) {
-  *min_label = 0;
-  *max_label = 0;
-  if (n <= 0) return;
-  cudaStream_t stream = cuda::stream_of(ex);
-  cuda::DeviceBuffer<int> range(2, stream);
-  range.zero();
-  range_kernel<<<grid_for(n), kThreads, 0, stream>>>(labels, n, range.get());
-  FP_CUDA_LAUNCH_CHECK();
-  int host[2] = {0, 0};
-  cuda::copy_to_host_sync(host, range.get(), 2, stream);
-  *min_label = host[0];
-  *max_label = host[1];
-}
 
 int64_t fill_holes_and_remove_small_masks(int32_t* labels, const Shape& shape, int32_t max_label,
                                           int64_t min_size, const Exec& ex) {
@@ -167,11 +122,8 @@ int64_t fill_holes_and_remove_small_masks(int32_t* labels, const Shape& shape, i
   cudaStream_t stream = cuda::stream_of(ex);
   const int64_t nlab = int64_t(max_label) + 1;
 
-  cuda::DeviceBuffer<int64_t> stats(nlab * impl::kStatsPerLabel, stream);
-  stats_init_kernel<<<grid_for(nlab), kThreads, 0, stream>>>(stats.get(), nlab);
-  FP_CUDA_LAUNCH_CHECK();
-  stats_kernel<<<grid_for(n), kThreads, 0, stream>>>(labels, n, shape.y, shape.x, stats.get());
-  FP_CUDA_LAUNCH_CHECK();
+  cuda::DeviceBuffer<LabelStats> stats(max_label, stream);
+  label_stats(labels, shape, max_label, stats.get(), ex);
 
   cuda::DeviceBuffer<int32_t> newlabel(nlab, stream);
   cuda::DeviceBuffer<int32_t> kept(nlab, stream);
@@ -192,7 +144,7 @@ int64_t fill_holes_and_remove_small_masks(int32_t* labels, const Shape& shape, i
                                                           newlabel.get(), scratch.get(), max_area);
     FP_CUDA_LAUNCH_CHECK();
   }
-  relabel_kernel<<<grid_for(n), kThreads, 0, stream>>>(labels, n, newlabel.get());
+  relabel_kernel<<<cuda::grid_for(n, kThreads, cuda::kStrideBlocks), kThreads, 0, stream>>>(labels, n, newlabel.get());
   FP_CUDA_LAUNCH_CHECK();
   return N;
 }

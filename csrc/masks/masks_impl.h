@@ -1,7 +1,7 @@
 // Per-label / per-pixel logic of fill_holes_and_remove_small_masks (shared by the CPU and CUDA backends).
 //
 // Algorithm (see fastpose/masks.hpp):
-//   1. per-label statistics: pixel count and bounding box (kStatsPerLabel int64 per label);
+//   1. per-label statistics: pixel count and bounding box (impl::LabelStats, common/label_stats.h);
 //   2. keep labels with count >= min_size, new label = rank among kept labels (1..N);
 //   3. per kept mask and per Z plane of its bounding box, a uint8 state image of the box plane:
 //      kInMask / kHole / kOutside.  Background starts as kHole and becomes kOutside when it lies on the
@@ -13,15 +13,11 @@
 
 #include <cstdint>
 
+#include "common/label_stats.h"
 #include "fastpose/common.hpp"
 
 namespace fastpose {
 namespace impl {
-
-/// Per-label statistics: [count, z0, z1, y0, y1, x0, x1] (inclusive bounding box).
-constexpr int kStatsPerLabel = 7;
-constexpr int64_t kStatsMinInit = INT64_MAX;
-constexpr int64_t kStatsMaxInit = -1;
 
 /// Hole-filling states of a box pixel.
 constexpr uint8_t kHole = 0;     // not in the mask, not (yet) known to reach the box border
@@ -31,30 +27,15 @@ constexpr uint8_t kOutside = 2;  // not in the mask and 4-connected to the box b
 /// Claim of a fill by label l (1 <= l <= INT32_MAX): negative, so below every real label.
 constexpr int32_t kClaimBase = INT32_MIN;
 
-/// s: [kStatsPerLabel] int64 of one label.
-FP_HOST_DEVICE void stats_init(int64_t* s) {
-  s[0] = 0;
-  for (int a = 0; a < 3; ++a) {
-    s[1 + 2 * a] = kStatsMinInit;
-    s[2 + 2 * a] = kStatsMaxInit;
-  }
-}
-
-/// Coordinates of flat index i of a [Z, Y, X] image.
-FP_HOST_DEVICE void unravel(int64_t i, int64_t Y, int64_t X, int64_t& z, int64_t& y, int64_t& x) {
-  x = i % X;
-  const int64_t r = i / X;
-  y = r % Y;
-  z = r / Y;
-}
-
 /// Whether a label with these stats survives: present and count >= min_size (min_size <= 0 keeps all).
-FP_HOST_DEVICE bool keep_label(const int64_t* s, int64_t min_size) { return s[0] > 0 && s[0] >= min_size; }
+FP_HOST_DEVICE bool keep_label(const LabelStats& s, int64_t min_size) {
+  return s.count > 0 && int64_t(s.count) >= min_size;
+}
 
 /// Area of one Z plane of the bounding box (0 for absent labels).
-FP_HOST_DEVICE int64_t box_plane_area(const int64_t* s) {
-  if (s[0] <= 0) return 0;
-  return (s[4] - s[3] + 1) * (s[6] - s[5] + 1);
+FP_HOST_DEVICE int64_t box_plane_area(const LabelStats& s) {
+  if (s.count == 0) return 0;
+  return box_extent(s, 1) * box_extent(s, 2);
 }
 
 /// Initial state of a box pixel whose current label is v, for mask l.
@@ -73,22 +54,27 @@ FP_HOST_DEVICE bool relax_pixel(P state, int64_t h, int64_t w, int64_t y, int64_
   return out;
 }
 
-/// relax_pixel along row y, left to right then right to left.  Returns true when anything changed.
+/// relax_pixel along the line of n pixels (y + k * dy, x + k * dx), k = 0..n-1, forwards then backwards.
+/// Returns true when anything changed.
 template <typename P>
-FP_HOST_DEVICE bool relax_row(P state, int64_t h, int64_t w, int64_t y) {
+FP_HOST_DEVICE bool relax_line(P state, int64_t h, int64_t w, int64_t y, int64_t x, int64_t dy, int64_t dx,
+                               int64_t n) {
   bool changed = false;
-  for (int64_t x = 0; x < w; ++x) changed |= relax_pixel(state, h, w, y, x);
-  for (int64_t x = w - 1; x >= 0; --x) changed |= relax_pixel(state, h, w, y, x);
+  for (int64_t k = 0; k < n; ++k) changed |= relax_pixel(state, h, w, y + k * dy, x + k * dx);
+  for (int64_t k = n - 1; k >= 0; --k) changed |= relax_pixel(state, h, w, y + k * dy, x + k * dx);
   return changed;
 }
 
-/// relax_pixel along column x, top to bottom then bottom to top.  Returns true when anything changed.
+/// relax_pixel along row y, left to right then right to left.
+template <typename P>
+FP_HOST_DEVICE bool relax_row(P state, int64_t h, int64_t w, int64_t y) {
+  return relax_line(state, h, w, y, 0, 0, 1, w);
+}
+
+/// relax_pixel along column x, top to bottom then bottom to top.
 template <typename P>
 FP_HOST_DEVICE bool relax_col(P state, int64_t h, int64_t w, int64_t x) {
-  bool changed = false;
-  for (int64_t y = 0; y < h; ++y) changed |= relax_pixel(state, h, w, y, x);
-  for (int64_t y = h - 1; y >= 0; --y) changed |= relax_pixel(state, h, w, y, x);
-  return changed;
+  return relax_line(state, h, w, 0, x, 1, 0, h);
 }
 
 /// Whether a hole pixel whose current value is v may be filled: background, a removed mask

@@ -6,17 +6,21 @@
 namespace fastpose {
 namespace cuda_impl {
 
+namespace {
+
+constexpr int kThreads = 256;
+
+// prob: [n] float32; mask: [n] uint8 output.
 __global__ void threshold_kernel(const float* __restrict__ prob, int64_t n, float threshold, uint8_t* __restrict__ mask) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    mask[i] = impl::threshold_pixel(prob[i], threshold);
+  FP_GRID_STRIDE(i, n) { mask[i] = impl::threshold_pixel(prob[i], threshold); }
 }
+
+}  // namespace
 
 void threshold_mask(const float* prob, int64_t n, float threshold, uint8_t* mask, const Exec& ex) {
   if (n <= 0) return;
-  const int threads = 256;
-  unsigned int blocks = cuda::blocks_for(n, threads);
-  if (blocks > 65535u * 8u) blocks = 65535u * 8u;
-  threshold_kernel<<<blocks, threads, 0, cuda::stream_of(ex)>>>(prob, n, threshold, mask);
+  threshold_kernel<<<cuda::grid_for(n, kThreads, cuda::kStrideBlocks), kThreads, 0, cuda::stream_of(ex)>>>(
+      prob, n, threshold, mask);
   FP_CUDA_LAUNCH_CHECK();
 }
 

@@ -5,13 +5,13 @@
 #include <cmath>
 #include <string>
 
-#include "common/parallel.h"
+#include "clustering/clustering_backends.h"
+#include "common/dispatch.h"
 #include "common/scratch.h"
-#include "fastpose/clustering.hpp"
-#include "fastpose/flows.hpp"
-#include "fastpose/masks.hpp"
-#include "fastpose/tracking.hpp"
+#include "flows/flows_backends.h"
+#include "masks/masks_backends.h"
 #include "pipeline/pipeline_backends.h"
+#include "tracking/tracking_backends.h"
 
 namespace fastpose {
 
@@ -29,23 +29,29 @@ int64_t compute_masks(const float* dP, const float* cellprob, const Shape& shape
   if (n == 0) return 0;
   if (!dP || !cellprob || !labels) throw ArgumentError("compute_masks: null pointer");
   if (params.niter < 0) throw ArgumentError("compute_masks: niter must be >= 0");
-  if (!(params.max_size_fraction >= 0.0)) throw ArgumentError("compute_masks: max_size_fraction must be >= 0");
+  const int64_t max_pixels = checked_max_pixels(params.max_size_fraction, n, "compute_masks");
   if (std::isnan(params.flow_threshold)) throw ArgumentError("compute_masks: flow_threshold is NaN");
   if (std::isnan(params.cellprob_threshold)) throw ArgumentError("compute_masks: cellprob_threshold is NaN");
 
+  // Only the inputs are checked (above).  The intermediates are valid by construction (mask 0/1, get_masks'
+  // labels 0..count), so each step calls its backend directly: no second argument check and no label-range
+  // pass (on a GPU, one device->host sync each) before the flow QC and the clean-up.
   Scratch<uint8_t> mask(n, ex, /*zero=*/false);
-  threshold_mask(cellprob, n, params.cellprob_threshold, mask.get(), ex);
+  FP_BACKEND_CALL(ex, "compute_masks", threshold_mask, cellprob, n, params.cellprob_threshold, mask.get(), ex);
 
   Scratch<float> pos_scratch(positions ? 0 : shape.ndim * n, ex, /*zero=*/false);
   float* pos = positions ? positions : pos_scratch.get();
-  follow_flows(dP, mask.get(), shape, params.niter, pos, ex);
+  FP_BACKEND_CALL(ex, "compute_masks", follow_flows, dP, mask.get(), shape, params.niter, pos, ex);
 
-  int64_t count = get_masks(pos, mask.get(), shape, labels, params.max_size_fraction, ex);
+  const int64_t count =
+      FP_BACKEND_CALL(ex, "compute_masks", get_masks, pos, mask.get(), shape, labels, max_pixels, ex);
   if (count == 0) return 0;
 
   const bool qc = params.flow_threshold > 0.0f && (shape.ndim == 2 || params.flow_qc_3d);
-  if (qc) remove_bad_flow_masks(labels, shape, dP, count, params.flow_threshold, ex);
-  return fill_holes_and_remove_small_masks(labels, shape, params.min_size, ex);
+  if (qc)
+    FP_BACKEND_CALL(ex, "compute_masks", remove_bad_flow_masks, labels, shape, dP, count, params.flow_threshold, ex);
+  return FP_BACKEND_CALL(ex, "compute_masks", fill_holes_and_remove_small_masks, labels, shape, int32_t(count),
+                         params.min_size, ex);
 }
 
 }  // namespace fastpose

@@ -1,6 +1,4 @@
 // CUDA backend of tiling and blending.
-#include <algorithm>
-
 #include "common/cuda_utils.cuh"
 #include "tiles/tiles_backends.h"
 #include "tiles/tiles_impl.h"
@@ -12,19 +10,18 @@ namespace {
 
 constexpr int kThreads = 256;
 
-unsigned int grid_for(int64_t n) { return std::min(cuda::blocks_for(n, kThreads), 65535u * 8u); }
-
+// image: [B, C, Ly, Lx] float32; tiles: [B, ny * nx, C, by, bx] float32 output, n elements.
 __global__ void make_tiles_kernel(const float* __restrict__ image, int64_t C, TileGrid grid, float* __restrict__ tiles,
                                   int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    tiles[i] = impl::tile_element(image, C, grid, i);
+  FP_GRID_STRIDE(i, n) { tiles[i] = impl::tile_element(image, C, grid, i); }
 }
 
+// tiles: [B, ny * nx, C, by, bx] float32; wy: [by], wx: [bx] float64 (device); out: [B, C, Ly, Lx] float32
+// output, n elements.
 __global__ void blend_kernel(const float* __restrict__ tiles, int64_t C, TileGrid grid, int flow_y, int flow_x,
                              const double* __restrict__ wy, const double* __restrict__ wx, float* __restrict__ out,
                              int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = impl::blend_element(tiles, C, grid, flow_y, flow_x, wy, wx, i);
+  FP_GRID_STRIDE(i, n) { out[i] = impl::blend_element(tiles, C, grid, flow_y, flow_x, wy, wx, i); }
 }
 
 }  // namespace
@@ -33,7 +30,8 @@ void make_tiles(const float* image, int64_t B, int64_t C, const TileGrid& grid, 
   const int64_t n = B * grid.count() * C * grid.by * grid.bx;
   if (n <= 0) return;
   cudaStream_t stream = cuda::stream_of(ex);
-  make_tiles_kernel<<<grid_for(n), kThreads, 0, stream>>>(image, C, grid, tiles, n);
+  make_tiles_kernel<<<cuda::grid_for(n, kThreads, cuda::kStrideBlocks), kThreads, 0, stream>>>(
+      image, C, grid, tiles, n);
   FP_CUDA_LAUNCH_CHECK();
 }
 
@@ -50,8 +48,8 @@ void blend_tiles(const float* tiles, int64_t B, int64_t C, const TileGrid& grid,
   if (grid.bx > 0)
     FP_CUDA_CHECK(cudaMemcpyAsync(w.get() + grid.by, wx, sizeof(double) * size_t(grid.bx), cudaMemcpyHostToDevice,
                                   stream));
-  blend_kernel<<<grid_for(n), kThreads, 0, stream>>>(tiles, C, grid, flow_y_channel, flow_x_channel, w.get(),
-                                                     w.get() + grid.by, out, n);
+  blend_kernel<<<cuda::grid_for(n, kThreads, cuda::kStrideBlocks), kThreads, 0, stream>>>(
+      tiles, C, grid, flow_y_channel, flow_x_channel, w.get(), w.get() + grid.by, out, n);
   FP_CUDA_LAUNCH_CHECK();
 }
 

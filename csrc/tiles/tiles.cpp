@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "common/parallel.h"
+#include "common/dispatch.h"
 #include "tiles/tiles_backends.h"
 #include "tiles/tiles_impl.h"
 
@@ -101,13 +101,8 @@ void blend_tiles(const float* tiles, int64_t B, int64_t C, const TileGrid& grid,
   if (!tiles || !out) throw ArgumentError("blend_tiles: null pointer");
   std::vector<double> wy, wx;
   taper_vectors(grid, wy, wx);
-  if (ex.device == Device::CPU)
-    return cpu::blend_tiles(tiles, B, C, grid, flow_y_channel, flow_x_channel, wy.data(), wx.data(), out, ex);
-#ifdef FASTPOSE_WITH_CUDA
-  return cuda_impl::blend_tiles(tiles, B, C, grid, flow_y_channel, flow_x_channel, wy.data(), wx.data(), out, ex);
-#else
-  FP_NO_CUDA_BUILD("blend_tiles");
-#endif
+  FP_DISPATCH(ex, "blend_tiles", blend_tiles, tiles, B, C, grid, flow_y_channel, flow_x_channel, wy.data(), wx.data(),
+              out, ex);
 }
 
 }  // namespace fastpose

@@ -29,6 +29,36 @@ namespace {
 constexpr int kLanes = 8;
 constexpr int64_t kBlock = 4096;
 
+// Every pixel of the image, in blocks of kBlock pixels in parallel: pixels not tracked (mask == 0, or
+// niter == 0) get their own coordinates; the tracked ones go to track(idx, count), Group at a time in raster
+// order (the scalar path takes kLanes, the AVX2 path kGroup2d).
+template <int Group, typename Track>
+void for_each_tracked_group(const uint8_t* mask, const Shape& s, int niter, float* positions, int nt,
+                            const Track& track) {
+  const int64_t n = s.numel();
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    const int64_t begin = blk * kBlock, end = begin + kBlock < n ? begin + kBlock : n;
+    int64_t group[Group];
+    int count = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      if (!mask[i] || niter == 0) {
+        float p[3];
+        impl::start_position(s, i, p);
+        impl::store_position(s, i, p, positions);
+        continue;
+      }
+      group[count++] = i;
+      if (count == Group) {
+        track(group, count);
+        count = 0;
+      }
+    }
+    if (count > 0) track(group, count);
+  }
+}
+
 template <int NDIM>
 void track_lanes(const impl::MaskedPlanarFlow<NDIM>& flow, const Shape& s, int niter, const int64_t* idx, int count,
                  float* positions) {
@@ -56,29 +86,10 @@ void track_lanes(const impl::MaskedPlanarFlow<NDIM>& flow, const Shape& s, int n
 
 template <int NDIM>
 void follow_all(const float* dP, const uint8_t* mask, const Shape& s, int niter, float* positions, int nt) {
-  const int64_t n = s.numel();
-  const impl::MaskedPlanarFlow<NDIM> flow{dP, mask, n};
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const int64_t begin = blk * kBlock, end = begin + kBlock < n ? begin + kBlock : n;
-    int64_t lanes[kLanes];
-    int count = 0;
-    for (int64_t i = begin; i < end; ++i) {
-      if (!mask[i] || niter == 0) {
-        float p[3];
-        impl::start_position(s, i, p);
-        impl::store_position(s, i, p, positions);
-        continue;
-      }
-      lanes[count++] = i;
-      if (count == kLanes) {
-        track_lanes<NDIM>(flow, s, niter, lanes, count, positions);
-        count = 0;
-      }
-    }
-    if (count > 0) track_lanes<NDIM>(flow, s, niter, lanes, count, positions);
-  }
+  const impl::MaskedPlanarFlow<NDIM> flow{dP, mask, s.numel()};
+  for_each_tracked_group<kLanes>(mask, s, niter, positions, nt, [&](const int64_t* idx, int count) {
+    track_lanes<NDIM>(flow, s, niter, idx, count, positions);
+  });
 }
 
 #ifdef FP_TRACK_AVX2
@@ -97,6 +108,15 @@ void follow_all(const float* dP, const uint8_t* mask, const Shape& s, int niter,
 // The semantics are those of tracking_impl.h: any change to impl::step_2d / lerp_fixed / clamp_coord
 // must be mirrored in track_avx2_2d (tests/test_tracking.py compares both paths bitwise).
 // ---------------------------------------------------------------------------------------------------
+
+// Whether this CPU may take the AVX2 path: it supports AVX2 and FASTPOSE_NO_SIMD is unset, empty or "0"
+// (read on every call, so the environment can switch paths at run time).
+bool avx2_path_enabled() {
+  const char* no_simd = std::getenv("FASTPOSE_NO_SIMD");
+  if (no_simd != nullptr && no_simd[0] != '\0' && std::strcmp(no_simd, "0") != 0) return false;
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
 
 constexpr int kVecs2d = 4;             // __m256 vectors (8 pixels each) interleaved per thread
 constexpr int kGroup2d = 8 * kVecs2d;  // pixels per group
@@ -214,14 +234,11 @@ __attribute__((target("avx2"))) void track_avx2_2d(const float* tab, const Shape
   }
 }
 
-// False when the AVX2 2D path cannot be used (no AVX2, FASTPOSE_NO_SIMD=1, table offsets beyond int32,
-// or no memory for the table); follow_flows then takes the scalar path.
+// False when the AVX2 2D path cannot be used (avx2_path_enabled() false, table offsets beyond int32, or no
+// memory for the table); follow_flows then takes the scalar path.
 bool follow_all_avx2_2d(const float* dP, const uint8_t* mask, const Shape& s, int niter, float* positions, int nt) {
-  const char* no_simd = std::getenv("FASTPOSE_NO_SIMD");
-  if (no_simd != nullptr && no_simd[0] != '\0' && std::strcmp(no_simd, "0") != 0) return false;
-  __builtin_cpu_init();
-  if (!__builtin_cpu_supports("avx2")) return false;
-  const int64_t Y = s.y, X = s.x, n = s.numel();
+  if (!avx2_path_enabled()) return false;
+  const int64_t Y = s.y, X = s.x;
   if (niter == 0 || (Y + 1) * (X + 1) * 2 + 4 > int64_t(INT32_MAX)) return false;
   std::vector<float> tab;
   try {
@@ -231,27 +248,9 @@ bool follow_all_avx2_2d(const float* dP, const uint8_t* mask, const Shape& s, in
   }
   build_table_2d(dP, mask, Y, X, tab.data(), nt);
   const float* t = tab.data();
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const int64_t begin = blk * kBlock, end = begin + kBlock < n ? begin + kBlock : n;
-    int64_t lanes[kGroup2d];
-    int count = 0;
-    for (int64_t i = begin; i < end; ++i) {
-      if (!mask[i]) {
-        float p[3];
-        impl::start_position(s, i, p);
-        impl::store_position(s, i, p, positions);
-        continue;
-      }
-      lanes[count++] = i;
-      if (count == kGroup2d) {
-        track_avx2_2d(t, s, niter, lanes, count, positions);
-        count = 0;
-      }
-    }
-    if (count > 0) track_avx2_2d(t, s, niter, lanes, count, positions);
-  }
+  for_each_tracked_group<kGroup2d>(mask, s, niter, positions, nt, [&](const int64_t* idx, int count) {
+    track_avx2_2d(t, s, niter, idx, count, positions);
+  });
   return true;
 }
 
@@ -273,4 +272,12 @@ void follow_flows(const float* dP, const uint8_t* mask, const Shape& shape, int 
 }
 
 }  // namespace cpu
+
+const char* tracking_simd_path() noexcept {
+#ifdef FP_TRACK_AVX2
+  if (cpu::avx2_path_enabled()) return "avx2";
+#endif
+  return "scalar";
+}
+
 }  // namespace fastpose

@@ -10,10 +10,11 @@ namespace {
 
 constexpr int kThreads = 128;
 
+// dP: [ndim, Z, Y, X] float32; mask: [Z, Y, X] uint8; positions: [ndim, Z, Y, X] float32 output.
 __global__ void follow_kernel(const float* __restrict__ dP, const uint8_t* __restrict__ mask, Shape s, int niter,
                               float* __restrict__ positions) {
   const int64_t n = s.numel();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  FP_GRID_STRIDE(i, n) {
     if (s.ndim == 2)
       impl::follow_pixel<2>(impl::MaskedPlanarFlow<2>{dP, mask, n}, mask, s, niter, i, positions);
     else
@@ -27,8 +28,8 @@ void follow_flows(const float* dP, const uint8_t* mask, const Shape& shape, int 
                   const Exec& ex) {
   const int64_t n = shape.numel();
   if (n == 0) return;
-  follow_kernel<<<cuda::blocks_for(n, kThreads), kThreads, 0, cuda::stream_of(ex)>>>(dP, mask, shape, niter,
-                                                                                    positions);
+  follow_kernel<<<cuda::grid_for(n, kThreads), kThreads, 0, cuda::stream_of(ex)>>>(dP, mask, shape, niter,
+                                                                                  positions);
   FP_CUDA_LAUNCH_CHECK();
 }
 

@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "common/parallel.h"
+#include "common/dispatch.h"
 #include "tracking/tracking_backends.h"
 
 namespace fastpose {

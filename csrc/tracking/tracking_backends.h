@@ -3,20 +3,15 @@
 
 #include <cstdint>
 
+#include "common/dispatch.h"
 #include "fastpose/common.hpp"
 
 namespace fastpose {
-namespace cpu {
-/// dP: [ndim, Z, Y, X] float32, mask: [Z, Y, X] uint8, positions: [ndim, Z, Y, X] float32 (host memory).
-/// shape.numel() >= 1, niter >= 0.
-void follow_flows(const float* dP, const uint8_t* mask, const Shape& shape, int niter, float* positions,
-                  const Exec& ex);
-}  // namespace cpu
-#ifdef FASTPOSE_WITH_CUDA
-namespace cuda_impl {
-/// Same arrays in device memory; runs on ex's stream without synchronising.
-void follow_flows(const float* dP, const uint8_t* mask, const Shape& shape, int niter, float* positions,
-                  const Exec& ex);
-}  // namespace cuda_impl
-#endif
+
+FP_BACKEND_API(
+    // dP: [ndim, Z, Y, X] float32, mask: [Z, Y, X] uint8, positions: [ndim, Z, Y, X] float32 output.
+    // shape.numel() >= 1, niter >= 0.  CUDA: runs on ex's stream without synchronising.
+    void follow_flows(const float* dP, const uint8_t* mask, const Shape& shape, int niter, float* positions,
+                      const Exec& ex);)
+
 }  // namespace fastpose

@@ -11,6 +11,7 @@
 #include <iterator>
 #include <vector>
 
+#include "common/cuda_utils.cuh"  // the CUDA error check (host code)
 #include "common/scratch.h"
 #include "fastpose/tiles.hpp"
 
@@ -24,10 +25,6 @@ class Logger : public nvinfer1::ILogger {
   }
   std::string last;
 };
-
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw Error(std::string(what) + ": " + cudaGetErrorString(e));
-}
 
 }  // namespace
 
@@ -46,7 +43,7 @@ TrtSegmenter::TrtSegmenter(const std::string& engine_path, int device) : impl_(n
   if (!f) throw ArgumentError("TrtSegmenter: cannot open engine file " + engine_path);
   std::vector<char> blob((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   impl_->device = device;
-  check(cudaSetDevice(device), "cudaSetDevice");
+  FP_CUDA_CHECK(cudaSetDevice(device));
   impl_->runtime.reset(nvinfer1::createInferRuntime(impl_->logger));
   if (!impl_->runtime) throw Error("TrtSegmenter: createInferRuntime failed");
   impl_->engine.reset(impl_->runtime->deserializeCudaEngine(blob.data(), blob.size()));
@@ -62,7 +59,7 @@ TrtSegmenter::TrtSegmenter(const std::string& engine_path, int device) : impl_(n
   impl_->T = d.d[2];
   nvinfer1::Dims sd = impl_->engine->getTensorShape("style");
   impl_->S = sd.nbDims == 2 && sd.d[1] > 0 ? sd.d[1] : 256;
-  check(cudaStreamCreate(&impl_->stream), "cudaStreamCreate");
+  FP_CUDA_CHECK(cudaStreamCreate(&impl_->stream));
 }
 
 TrtSegmenter::~TrtSegmenter() {
@@ -79,7 +76,7 @@ int64_t TrtSegmenter::segment(const float* image, int64_t C, int64_t Y, int64_t 
                                          " channels, got " + std::to_string(C));
   if (Y <= 0 || X <= 0) throw ArgumentError("TrtSegmenter::segment: empty image");
   if (opt.batch_size < 1) throw ArgumentError("TrtSegmenter::segment: batch_size must be >= 1");
-  check(cudaSetDevice(impl_->device), "cudaSetDevice");
+  FP_CUDA_CHECK(cudaSetDevice(impl_->device));
   Exec ex;
   ex.device = Device::CUDA;
   ex.stream = impl_->stream;
@@ -96,8 +93,8 @@ int64_t TrtSegmenter::segment(const float* image, int64_t C, int64_t Y, int64_t 
     src = padded.data();
   }
   Scratch<float> img(C * Yp * Xp, ex, false);
-  check(cudaMemcpyAsync(img.get(), src, sizeof(float) * size_t(C * Yp * Xp), cudaMemcpyHostToDevice, impl_->stream),
-        "upload");
+  FP_CUDA_CHECK(
+      cudaMemcpyAsync(img.get(), src, sizeof(float) * size_t(C * Yp * Xp), cudaMemcpyHostToDevice, impl_->stream));
   TileGrid grid = plan_tiles(Yp, Xp, T, opt.tile_overlap, false);
   const int64_t n = grid.count();
   Scratch<float> tiles(n * C * T * T, ex, false);
@@ -119,9 +116,9 @@ int64_t TrtSegmenter::segment(const float* image, int64_t C, int64_t Y, int64_t 
   Scratch<float> dP(2 * Y * X, ex, false), prob(Y * X, ex, false);
   for (int64_t c = 0; c < 3; ++c) {
     float* dst = c < 2 ? dP.get() + c * Y * X : prob.get();
-    check(cudaMemcpy2DAsync(dst, sizeof(float) * size_t(X), blended.get() + c * Yp * Xp, sizeof(float) * size_t(Xp),
-                            sizeof(float) * size_t(X), size_t(Y), cudaMemcpyDeviceToDevice, impl_->stream),
-          "crop");
+    FP_CUDA_CHECK(cudaMemcpy2DAsync(dst, sizeof(float) * size_t(X), blended.get() + c * Yp * Xp,
+                                    sizeof(float) * size_t(Xp), sizeof(float) * size_t(X), size_t(Y),
+                                    cudaMemcpyDeviceToDevice, impl_->stream));
   }
   Shape s;
   s.ndim = 2;
@@ -129,9 +126,9 @@ int64_t TrtSegmenter::segment(const float* image, int64_t C, int64_t Y, int64_t 
   s.x = X;
   Scratch<int32_t> lab(Y * X, ex, true);
   const int64_t count = compute_masks(dP.get(), prob.get(), s, lab.get(), opt.masks, ex);
-  check(cudaMemcpyAsync(labels, lab.get(), sizeof(int32_t) * size_t(Y * X), cudaMemcpyDeviceToHost, impl_->stream),
-        "download");
-  check(cudaStreamSynchronize(impl_->stream), "cudaStreamSynchronize");
+  FP_CUDA_CHECK(
+      cudaMemcpyAsync(labels, lab.get(), sizeof(int32_t) * size_t(Y * X), cudaMemcpyDeviceToHost, impl_->stream));
+  FP_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
   return count;
 }
 

@@ -126,6 +126,24 @@ int main() {
     CHECK(throws_argument_error([&] { fill_holes_and_remove_small_masks(lab.data(), s, 1, cpu); }));
   });
 
+  run("sparse or negative labels are refused by flows and clean-up alike", [&] {
+    Shape s; s.ndim = 2; s.y = 3; s.x = 3;
+    std::vector<int32_t> lab(9, 0);
+    std::vector<float> f(18), err(4);
+    lab[4] = 10;  // > number of pixels
+    CHECK(throws_argument_error([&] { masks_to_flows(lab.data(), s, f.data(), cpu); }));
+    CHECK(throws_argument_error([&] { fill_holes_and_remove_small_masks(lab.data(), s, 1, cpu); }));
+    lab[4] = 5;  // > nlabels
+    CHECK(throws_argument_error([&] { flow_errors(lab.data(), s, f.data(), 4, err.data(), cpu); }));
+    lab[4] = -1;
+    CHECK(throws_argument_error([&] { remove_bad_flow_masks(lab.data(), s, f.data(), 4, 0.4f, cpu); }));
+  });
+
+  run("tracking_simd_path names a CPU path", [&] {
+    const std::string p = tracking_simd_path();
+    CHECK(p == "avx2" || p == "scalar");
+  });
+
   run("CUDA request without a GPU path fails loudly", [&] {
     if (cuda_available()) return;  // covered by the GPU parity tests instead
     Exec gpu; gpu.device = Device::CUDA;
