@@ -8,7 +8,7 @@ map is averaged over the three views.  The result has the flows first: ``[flow_z
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
