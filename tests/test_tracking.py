@@ -136,12 +136,42 @@ def test_cpu_cuda_parity(shape):
     assert np.array_equal(a, b), "positions differ bitwise between CPU and CUDA"
 
 
+def _cpu_has_avx2() -> bool:
+    """What the CPU says about itself (Linux /proc/cpuinfo), independent of the core's own detection."""
+    import platform
+    import re
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    return (platform.machine() in ("x86_64", "AMD64") and info.exists()
+            and re.search(r"^flags\s*:.*\bavx2\b", info.read_text(), re.M) is not None)
+
+
+def test_tracking_path_follows_cpu_and_environment(monkeypatch):
+    monkeypatch.setenv("FASTPOSE_NO_SIMD", "1")
+    assert fc.tracking_path() == "scalar"
+    monkeypatch.setenv("FASTPOSE_NO_SIMD", "0")  # "0" and "" do not disable the SIMD path
+    default = fc.tracking_path()
+    monkeypatch.setenv("FASTPOSE_NO_SIMD", "")
+    assert fc.tracking_path() == default
+    monkeypatch.delenv("FASTPOSE_NO_SIMD")
+    assert fc.tracking_path() == default
+    assert default in ("avx2", "scalar")
+    if _cpu_has_avx2():
+        assert default == "avx2", "the CPU has AVX2 but follow_flows would take the scalar path"
+
+
 def _simd_vs_scalar(monkeypatch, dP, mask, niter):
-    """follow_flows on the CPU with the default (SIMD where available) path and with FASTPOSE_NO_SIMD=1."""
+    """follow_flows on the CPU with the AVX2 path and with the scalar path (FASTPOSE_NO_SIMD=1), each checked
+    to be the path that runs.  Skips where the AVX2 path cannot run: both calls would be the scalar path."""
+    monkeypatch.delenv("FASTPOSE_NO_SIMD", raising=False)
+    if fc.tracking_path() != "avx2":
+        pytest.skip("no AVX2 path on this CPU (no AVX2, or not x86-64): only the scalar path runs, so there is "
+                    "no SIMD result to compare with it")
     with fc.use_backend("cpu"):
-        monkeypatch.delenv("FASTPOSE_NO_SIMD", raising=False)
         fast = fc.follow_flows(dP, mask, niter)
         monkeypatch.setenv("FASTPOSE_NO_SIMD", "1")
+        assert fc.tracking_path() == "scalar"
         scalar = fc.follow_flows(dP, mask, niter)
     return fast, scalar
 

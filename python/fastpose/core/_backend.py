@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional, Sequence, Tuple
+from typing import Any, Iterator, Literal, Sequence, Tuple
 
 import numpy as np
 
 from .. import _core
+from .. import labels as _labels
 
 log = logging.getLogger("fastpose.core")
 
@@ -27,7 +28,8 @@ BackendName = Literal["auto", "cpu", "cuda"]
 _requested: str = "auto"
 
 
-def _torch():
+def torch_module():
+    """The torch module, or None when PyTorch is not installed."""
     try:
         import torch  # noqa: F401
     except ImportError:  # pragma: no cover - torch is a dependency, but the core works without it
@@ -44,7 +46,7 @@ def cuda_available() -> bool:
     """True when CUDA kernels are built in, a GPU is present, and PyTorch can use it."""
     if not _core.cuda_available():
         return False
-    torch = _torch()
+    torch = torch_module()
     return bool(torch is not None and torch.cuda.is_available())
 
 
@@ -90,13 +92,14 @@ def use_backend(name: BackendName) -> Iterator[None]:
 # Inputs and outputs
 # ------------------------------------------------------------------------------------------------
 
-def _is_torch(x: Any) -> bool:
-    torch = _torch()
+def is_torch(x: Any) -> bool:
+    """True for a torch.Tensor."""
+    torch = torch_module()
     return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _is_cuda_object(x: Any) -> bool:
-    if _is_torch(x):
+    if is_torch(x):
         return x.is_cuda
     return hasattr(x, "__cuda_array_interface__")
 
@@ -112,7 +115,7 @@ class Placement:
     def exec_args(self, num_threads: int = 0) -> Tuple[int, int, int]:
         """(device, stream, num_threads) for the native call."""
         if self.device == "cuda":
-            torch = _torch()
+            torch = torch_module()
             stream = torch.cuda.current_stream(self.torch_device).cuda_stream
             return 1, int(stream), num_threads
         return 0, 0, num_threads
@@ -120,9 +123,9 @@ class Placement:
 
 def placement(*inputs: Any) -> Placement:
     """Decide where a call with these inputs runs (GPU inputs win; else the current backend)."""
-    torch = _torch()
+    torch = torch_module()
     cuda_inputs = [x for x in inputs if x is not None and _is_cuda_object(x)]
-    any_torch = any(_is_torch(x) for x in inputs if x is not None)
+    any_torch = any(is_torch(x) for x in inputs if x is not None)
     if cuda_inputs:
         if not cuda_compiled():
             raise RuntimeError("a CUDA array was passed, but fastpose was built without CUDA kernels; "
@@ -131,7 +134,7 @@ def placement(*inputs: Any) -> Placement:
             raise RuntimeError("CUDA arrays need PyTorch installed")
         devs = set()
         for x in cuda_inputs:
-            devs.add(x.device if _is_torch(x) else torch.device("cuda", torch.cuda.current_device()))
+            devs.add(x.device if is_torch(x) else torch.device("cuda", torch.cuda.current_device()))
         if len(devs) > 1:
             raise ValueError(f"inputs live on different devices: {sorted(map(str, devs))}")
         return Placement("cuda", "torch", devs.pop())
@@ -154,12 +157,12 @@ def prepare(x: Any, name: str, dtype: Any, where: Placement, *, integer: bool = 
     ``integer=True`` refuses non-integer inputs (for label images) instead of casting them.
     Raises ValueError with the offending name for objects that are not arrays.
     """
-    torch = _torch()
+    torch = torch_module()
     if x is None:
         raise ValueError(f"{name} is required")
-    if hasattr(x, "__cuda_array_interface__") and not _is_torch(x):
+    if hasattr(x, "__cuda_array_interface__") and not is_torch(x):
         x = torch.as_tensor(x, device=where.torch_device)
-    if _is_torch(x):
+    if is_torch(x):
         if integer and (x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool):
             raise ValueError(f"{name} must be an integer label array, got dtype {_np_dtype_name(x.dtype)}")
         if where.device == "cuda":
@@ -183,7 +186,7 @@ def prepare(x: Any, name: str, dtype: Any, where: Placement, *, integer: bool = 
 
 
 def _torch_dtype(dtype: Any):
-    torch = _torch()
+    torch = torch_module()
     return {np.float32: torch.float32, np.int32: torch.int32, np.uint8: torch.uint8,
             np.int64: torch.int64}[np.dtype(dtype).type]
 
@@ -191,17 +194,31 @@ def _torch_dtype(dtype: Any):
 def empty(shape: Sequence[int], dtype: Any, where: Placement, zero: bool = False) -> Any:
     """An output array on ``where``."""
     if where.device == "cuda":
-        torch = _torch()
+        torch = torch_module()
         f = torch.zeros if zero else torch.empty
         return f(tuple(int(s) for s in shape), dtype=_torch_dtype(dtype), device=where.torch_device)
     return (np.zeros if zero else np.empty)(tuple(int(s) for s in shape), dtype=dtype)
 
 
+def _size(a: Any) -> int:
+    return int(a.size) if isinstance(a, np.ndarray) else int(a.numel())
+
+
 def ptr(a: Any) -> int:
-    """Raw data pointer of a contiguous NumPy array or torch tensor (0 for empty arrays)."""
+    """Raw data pointer of a contiguous NumPy array or torch tensor (0 for empty arrays: the native layer
+    returns before touching them)."""
+    if not _size(a):
+        return 0
     if isinstance(a, np.ndarray):
         return int(a.ctypes.data)
     return int(a.data_ptr())
+
+
+def call(where: Placement, fn: Any, *args: Any, num_threads: int = 0) -> Any:
+    """``fn(*args, device, stream, num_threads)`` for a native op, with the input's GPU current (see
+    :func:`device_guard`); returns what ``fn`` returns."""
+    with device_guard(where):
+        return fn(*args, *where.exec_args(num_threads))
 
 
 def finish(a: Any, where: Placement) -> Any:
@@ -211,16 +228,27 @@ def finish(a: Any, where: Placement) -> Any:
             return a
         return a.cpu().numpy()
     if where.out_kind == "torch_cpu":
-        torch = _torch()
-        return a.cpu() if _is_torch(a) else torch.from_numpy(a)
+        torch = torch_module()
+        return a.cpu() if is_torch(a) else torch.from_numpy(a)
     return a
+
+
+def finish_labels(labels: Any, n: int, where: Placement) -> Any:
+    """Turn a computed int32 label image with masks 1..n into the kind the caller passed in: for NumPy callers
+    an array of :func:`fastpose.labels.labels_dtype` (uint16, or uint32 beyond 65535 masks, with a warning),
+    for torch callers the int32 tensor."""
+    if where.out_kind != "numpy":
+        return finish(labels, where)
+    if n > np.iinfo(np.uint16).max:
+        log.warning("%d masks in the image: labels returned as uint32", n)
+    return finish(labels, where).astype(_labels.labels_dtype(n), copy=False)
 
 
 def any_nonfinite(a: Any) -> bool:
     """True when a float array has NaN or Inf."""
     if isinstance(a, np.ndarray):
         return not bool(np.isfinite(a).all())
-    torch = _torch()
+    torch = torch_module()
     return not bool(torch.isfinite(a).all().item())
 
 
@@ -236,7 +264,7 @@ def shape_tuple(spatial: Sequence[int]) -> Tuple[int, int, int, int]:
 def device_guard(where: Placement):
     """Context that makes the input's GPU current for the native call (no-op on the CPU)."""
     if where.device == "cuda":
-        return _torch().cuda.device(where.torch_device)
+        return torch_module().cuda.device(where.torch_device)
     return contextlib.nullcontext()
 
 
@@ -249,22 +277,20 @@ def check_spatial(a: Any, name: str, ndims: Sequence[int] = (2, 3)) -> Tuple[int
 
 
 def labels_max(a: Any) -> int:
-    if isinstance(a, np.ndarray):
-        return int(a.max()) if a.size else 0
-    return int(a.max().item()) if a.numel() else 0
+    """Largest value of an integer array (0 when empty)."""
+    return int(a.max()) if _size(a) else 0
 
 
 def labels_min(a: Any) -> int:
-    if isinstance(a, np.ndarray):
-        return int(a.min()) if a.size else 0
-    return int(a.min().item()) if a.numel() else 0
+    """Smallest value of an integer array (0 when empty)."""
+    return int(a.min()) if _size(a) else 0
 
 
 def prepare_labels(x: Any, name: str, where: Placement) -> Any:
     """Validate a label image (integer, >= 0, fits int32) and return it as contiguous int32."""
-    torch = _torch()
-    if _is_torch(x) or hasattr(x, "__cuda_array_interface__"):
-        if hasattr(x, "__cuda_array_interface__") and not _is_torch(x):
+    torch = torch_module()
+    if is_torch(x) or hasattr(x, "__cuda_array_interface__"):
+        if hasattr(x, "__cuda_array_interface__") and not is_torch(x):
             x = torch.as_tensor(x, device=where.torch_device)
         if x.dtype.is_floating_point or x.dtype == torch.bool:
             raise ValueError(f"{name} must be an integer label array, got dtype {_np_dtype_name(x.dtype)}")
@@ -273,14 +299,52 @@ def prepare_labels(x: Any, name: str, where: Placement) -> Any:
         raw = np.asarray(x)
         if raw.dtype.kind not in "iu":
             raise ValueError(f"{name} must be an integer label array, got dtype {raw.dtype}")
-    if (raw.numel() if _is_torch(raw) else raw.size):
-        lo = int(raw.min().item()) if _is_torch(raw) else int(raw.min())
-        hi = int(raw.max().item()) if _is_torch(raw) else int(raw.max())
-        if lo < 0:
-            raise ValueError(f"{name} has negative labels (min {lo}); labels must be >= 0 with 0 = background")
-        if hi > np.iinfo(np.int32).max:
-            raise ValueError(f"{name} has labels above 2**31 - 1 (max {hi}); relabel them first")
+    lo, hi = labels_min(raw), labels_max(raw)
+    if lo < 0:
+        raise ValueError(f"{name} has negative labels (min {lo}); labels must be >= 0 with 0 = background")
+    if hi > np.iinfo(np.int32).max:
+        raise ValueError(f"{name} has labels above 2**31 - 1 (max {hi}); relabel them first")
     return prepare(raw, name, np.int32, where, integer=True)
 
 
-OptionalArray = Optional[Any]
+def prepare_mask(mask: Any, where: Placement) -> Tuple[Any, Tuple[int, ...]]:
+    """Validate a bool/integer pixel mask (2D or 3D) and return it as contiguous uint8 (0/1) on ``where``, with
+    its spatial shape."""
+    if mask is None:
+        raise ValueError("mask is required")
+    if is_torch(mask) or hasattr(mask, "__cuda_array_interface__"):
+        m = mask if is_torch(mask) else torch_module().as_tensor(mask, device=where.torch_device)
+        if m.dtype.is_floating_point or m.dtype.is_complex:
+            raise ValueError(f"mask must be a bool or integer array, got dtype {_np_dtype_name(m.dtype)}")
+    else:
+        try:
+            m = np.asarray(mask)
+        except Exception as e:  # noqa: BLE001 - anything NumPy cannot read is a user error here
+            raise ValueError(f"mask could not be read as an array: {e}") from None
+        if m.dtype.kind not in "biu":
+            raise ValueError(f"mask must be a bool or integer array, got dtype {m.dtype}")
+    spatial = check_spatial(m, "mask")
+    return prepare(m != 0, "mask", np.uint8, where), spatial
+
+
+def prepare_field(x: Any, name: str, spatial: Tuple[int, ...], where: Placement, *, of: str,
+                  plural: bool = False) -> Any:
+    """Validate a per-pixel vector field over an image of shape ``spatial`` (flows ``dP``, tracked
+    ``positions``): float32, shape ``(ndim, *spatial)``, finite.  ``of`` names the array that fixed ``spatial``
+    in the error message (e.g. ``"a mask"``); ``plural`` for names such as "positions"."""
+    a = prepare(x, name, np.float32, where)
+    want = (len(spatial), *spatial)
+    if tuple(int(s) for s in a.shape) != want:
+        raise ValueError(f"{name} must have shape {want} for {of} of shape {spatial}, got {tuple(a.shape)}")
+    if any_nonfinite(a):
+        raise ValueError(f"{name} {'contain' if plural else 'contains'} NaN or Inf")
+    return a
+
+
+def as_number(value: Any, name: str, kind: type = float) -> Any:
+    """``kind(value)`` (``int`` or ``float``), or ValueError naming ``name`` when it is not a number."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None

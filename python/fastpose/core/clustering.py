@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 
 from .. import _core
-from ._backend import any_nonfinite, device_guard, empty, finish, placement, prepare, ptr, shape_tuple
-from .tracking import _mask_u8
+from ._backend import (as_number, call, empty, finish_labels, placement, prepare_field, prepare_mask, ptr,
+                       shape_tuple)
 
-log = logging.getLogger("fastpose.core")
+__all__ = ["get_masks"]
 
 
 def get_masks(positions: Any, mask: Any, max_size_fraction: float = 0.4) -> Any:
@@ -38,26 +37,12 @@ def get_masks(positions: Any, mask: Any, max_size_fraction: float = 0.4) -> Any:
         For NumPy inputs a uint16 array (uint32 beyond 65535 masks); for torch inputs an int32 tensor on
         the input's device.
     """
-    try:
-        frac = float(max_size_fraction)
-    except (TypeError, ValueError):
-        raise ValueError(f"max_size_fraction must be a number, got {max_size_fraction!r}") from None
+    frac = as_number(max_size_fraction, "max_size_fraction")
     if not frac >= 0.0:
         raise ValueError(f"max_size_fraction must be >= 0, got {max_size_fraction}")
     where = placement(positions, mask)
-    m, spatial = _mask_u8(mask, where)
-    pos = prepare(positions, "positions", np.float32, where)
-    want = (len(spatial), *spatial)
-    if tuple(pos.shape) != want:
-        raise ValueError(f"positions must have shape {want} for a mask of shape {spatial}, got {tuple(pos.shape)}")
-    if any_nonfinite(pos):
-        raise ValueError("positions contain NaN or Inf")
+    m, spatial = prepare_mask(mask, where)
+    pos = prepare_field(positions, "positions", spatial, where, of="a mask", plural=True)
     labels = empty(spatial, np.int32, where)
-    with device_guard(where):
-        n = _core.get_masks(ptr(pos), ptr(m), shape_tuple(spatial), ptr(labels), frac, *where.exec_args())
-    if where.out_kind == "numpy":
-        if n > np.iinfo(np.uint16).max:
-            log.warning("%d masks in the image: labels returned as uint32", n)
-        dt = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
-        return finish(labels, where).astype(dt, copy=False)
-    return finish(labels, where)
+    n = call(where, _core.get_masks, ptr(pos), ptr(m), shape_tuple(spatial), ptr(labels), frac)
+    return finish_labels(labels, n, where)

@@ -12,8 +12,9 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from .. import _core
-from ._backend import (_is_torch, any_nonfinite, check_spatial, device_guard, empty, finish, labels_max, placement,
-                       prepare, prepare_labels, ptr, shape_tuple)
+from ..labels import relabel_sequential
+from ._backend import (as_number, call, check_spatial, empty, finish, is_torch, labels_max, placement, prepare_field,
+                       prepare_labels, ptr, shape_tuple)
 
 __all__ = ["masks_to_flows", "flow_errors", "remove_bad_flow_masks"]
 
@@ -22,34 +23,11 @@ def _numel(spatial: Tuple[int, ...]) -> int:
     return int(np.prod(spatial, dtype=np.int64))
 
 
-def _compact(lab: Any) -> Tuple[Any, Any]:
-    """Relabel ``lab`` to 0..N (0 stays 0).  Returns (compact int32 labels, label value of each compact id)."""
-    if isinstance(lab, np.ndarray):
-        uniq, inv = np.unique(lab, return_inverse=True)
-        inv = inv.reshape(lab.shape).astype(np.int32)
-        if uniq.size and uniq[0] != 0:
-            inv += 1
-            uniq = np.concatenate([np.zeros(1, uniq.dtype), uniq])
-        return np.ascontiguousarray(inv), uniq
-    import torch
-    uniq, inv = torch.unique(lab, return_inverse=True)
-    inv = inv.reshape(lab.shape).to(torch.int32)
-    if uniq.numel() and int(uniq[0].item()) != 0:
-        inv += 1
-        uniq = torch.cat([torch.zeros(1, dtype=uniq.dtype, device=uniq.device), uniq])
-    return inv.contiguous(), uniq
-
-
 def _labels_and_flows(masks: Any, dP: Any) -> Tuple[Any, Any, Any, Tuple[int, ...]]:
     where = placement(masks, dP)
     lab = prepare_labels(masks, "masks", where)
     spatial = check_spatial(lab, "masks")
-    flows = prepare(dP, "dP", np.float32, where)
-    want = (len(spatial), *spatial)
-    if tuple(int(s) for s in flows.shape) != want:
-        raise ValueError(f"dP must have shape {want} for masks of shape {spatial}, got {tuple(flows.shape)}")
-    if any_nonfinite(flows):
-        raise ValueError("dP contains NaN or Inf")
+    flows = prepare_field(dP, "dP", spatial, where, of="masks")
     return where, lab, flows, spatial
 
 
@@ -87,9 +65,8 @@ def masks_to_flows(masks: Any, niter: Optional[int] = None) -> Any:
     if _numel(spatial) == 0:
         return finish(out, where)
     if labels_max(lab) > _numel(spatial):
-        lab, _ = _compact(lab)  # flows depend only on the partition, not on the label values
-    with device_guard(where):
-        _core.masks_to_flows(ptr(lab), shape_tuple(spatial), ptr(out), int(niter), *where.exec_args())
+        lab, _ = relabel_sequential(lab)  # flows depend only on the partition, not on the label values
+    call(where, _core.masks_to_flows, ptr(lab), shape_tuple(spatial), ptr(out), int(niter))
     return finish(out, where)
 
 
@@ -115,11 +92,10 @@ def flow_errors(masks: Any, dP: Any) -> Any:
     nmax = labels_max(lab)
     sparse = nmax > _numel(spatial)  # the native op needs labels <= numel: compact sparse ones first
     if sparse:
-        lab, uniq = _compact(lab)
+        lab, uniq = relabel_sequential(lab)
     n = int(uniq.shape[0]) - 1 if sparse else nmax
     err = empty((n,), np.float32, where, zero=True)
-    with device_guard(where):
-        _core.flow_errors(ptr(lab), shape_tuple(spatial), ptr(flows), n, ptr(err), *where.exec_args())
+    call(where, _core.flow_errors, ptr(lab), shape_tuple(spatial), ptr(flows), n, ptr(err))
     if not sparse:
         return finish(err, where)
     out = empty((nmax,), np.float32, where, zero=True)
@@ -133,10 +109,8 @@ def remove_bad_flow_masks(masks: Any, dP: Any, threshold: float = 0.4) -> Any:
 
     Parameters
     ----------
-    masks : array (Y, X) or (Z, Y, X), integer
-        Label image, 0 = background.
-    dP : array (ndim, Y, X) or (ndim, Z, Y, X), float
-        Network flows at network scale (5x unit vectors).
+    masks, dP
+        As for :func:`flow_errors`.
     threshold : float
         Masks with :func:`flow_errors` above this are set to 0.
 
@@ -145,27 +119,21 @@ def remove_bad_flow_masks(masks: Any, dP: Any, threshold: float = 0.4) -> Any:
     masks : array like ``masks`` (same dtype, a copy)
         Bad masks set to 0; the remaining labels are not renumbered.
     """
-    try:
-        thr = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number, got {threshold!r}") from None
+    thr = as_number(threshold, "threshold")
     if not np.isfinite(thr):
         raise ValueError(f"threshold must be finite, got {threshold}")
-    orig_dtype = masks.dtype if _is_torch(masks) else np.asarray(masks).dtype
+    orig_dtype = masks.dtype if is_torch(masks) else np.asarray(masks).dtype
     where, lab, flows, spatial = _labels_and_flows(masks, dP)
     lab = lab.copy() if isinstance(lab, np.ndarray) else lab.clone()  # never modify the caller's array
     nmax = labels_max(lab)
     if nmax > 0:
         if nmax > _numel(spatial):
-            compact, uniq = _compact(lab)
-            with device_guard(where):
-                _core.remove_bad_flow_masks(ptr(compact), shape_tuple(spatial), ptr(flows), int(uniq.shape[0]) - 1,
-                                            thr, *where.exec_args())
+            compact, uniq = relabel_sequential(lab)
+            call(where, _core.remove_bad_flow_masks, ptr(compact), shape_tuple(spatial), ptr(flows),
+                 int(uniq.shape[0]) - 1, thr)
             lab[compact == 0] = 0
         else:
-            with device_guard(where):
-                _core.remove_bad_flow_masks(ptr(lab), shape_tuple(spatial), ptr(flows), nmax, thr,
-                                            *where.exec_args())
+            call(where, _core.remove_bad_flow_masks, ptr(lab), shape_tuple(spatial), ptr(flows), nmax, thr)
     out = finish(lab, where)
     if isinstance(out, np.ndarray):
         return out.astype(orig_dtype, copy=False)

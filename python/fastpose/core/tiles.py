@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _core
-from ._backend import any_nonfinite, device_guard, empty, finish, placement, prepare
+from ._backend import any_nonfinite, as_number, call, empty, finish, placement, prepare, ptr
 
 TileGrid = _core.TileGrid
 TileGrid.__doc__ = """Geometry of the tiles of an Ly x Lx image (read-only; made by make_tiles / plan_tiles).
@@ -25,10 +25,7 @@ bit 0 flipped in Y, bit 1 flipped in X).
 
 
 def _check_bsize(bsize: Any) -> int:
-    try:
-        b = int(bsize)
-    except (TypeError, ValueError):
-        raise ValueError(f"bsize must be an integer, got {bsize!r}") from None
+    b = as_number(bsize, "bsize", int)
     if b != bsize or b < 1:
         raise ValueError(f"bsize must be an integer >= 1, got {bsize!r}")
     return b
@@ -90,8 +87,7 @@ def make_tiles(image: Any, bsize: int = 224, overlap: float = 0.1, augment: bool
         raise ValueError("image contains NaN or Inf")
     grid = plan_tiles(Ly, Lx, bsize, overlap, augment)
     tiles = empty((B, grid.count, C, grid.by, grid.bx), np.float32, where)
-    with device_guard(where):
-        _core.make_tiles(_ptr(img), B, C, grid, _ptr(tiles), *where.exec_args())
+    call(where, _core.make_tiles, ptr(img), B, C, grid, ptr(tiles))
     if not batched:
         tiles = tiles[0]
     return finish(tiles, where), grid
@@ -142,15 +138,8 @@ def blend_tiles(tiles: Any, grid: TileGrid, flow_channels: Optional[Sequence[int
     if any_nonfinite(t):
         raise ValueError("tiles contain NaN or Inf")
     out = empty((B, C, grid.Ly, grid.Lx), np.float32, where)
-    with device_guard(where):
-        _core.blend_tiles(_ptr(t), B, C, grid, fy, fx, _ptr(out), *where.exec_args())
+    call(where, _core.blend_tiles, ptr(t), B, C, grid, fy, fx, ptr(out))
     if not batched:
         out = out[0]
     return finish(out, where)
 
-
-def _ptr(a: Any) -> int:
-    """Data pointer (0 for empty arrays: the native layer returns before touching them)."""
-    if isinstance(a, np.ndarray):
-        return int(a.ctypes.data) if a.size else 0
-    return int(a.data_ptr()) if a.numel() else 0

@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any
 
 import numpy as np
 
 from .. import _core
-from ._backend import (_is_torch, _torch, any_nonfinite, check_spatial, device_guard, empty, finish, placement, prepare, ptr,
-                       shape_tuple)
+from ._backend import as_number, call, empty, finish, placement, prepare_field, prepare_mask, ptr, shape_tuple
+
+__all__ = ["follow_flows", "tracking_path"]
 
 
-def _mask_u8(mask: Any, where: Any) -> Tuple[Any, Tuple[int, ...]]:
-    """Validate a bool/integer tracking mask and return it as contiguous uint8 (0/1) on ``where``."""
-    if mask is None:
-        raise ValueError("mask is required")
-    if _is_torch(mask) or hasattr(mask, "__cuda_array_interface__"):
-        m = mask if _is_torch(mask) else _torch().as_tensor(mask, device=where.torch_device)
-        if m.dtype.is_floating_point or m.dtype.is_complex:
-            raise ValueError(f"mask must be a bool or integer array, got dtype {str(m.dtype).replace('torch.', '')}")
-        spatial = check_spatial(m, "mask")
-        return prepare(m != 0, "mask", np.uint8, where), spatial
-    try:
-        m = np.asarray(mask)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"mask could not be read as an array: {e}") from None
-    if m.dtype.kind not in "biu":
-        raise ValueError(f"mask must be a bool or integer array, got dtype {m.dtype}")
-    spatial = check_spatial(m, "mask")
-    return prepare(m != 0, "mask", np.uint8, where), spatial
+def tracking_path() -> str:
+    """The code path :func:`follow_flows` takes for 2D images on the CPU now: ``"avx2"`` or ``"scalar"``.
+
+    ``"avx2"`` on x86-64 CPUs with AVX2 unless the environment variable ``FASTPOSE_NO_SIMD`` is set to anything
+    but ``""`` or ``"0"`` (read at every call).  3D images, ``niter=0`` and 2D images too large for the AVX2
+    path's table always take the scalar path; both paths give bitwise the same positions.
+    """
+    return str(_core.tracking_simd_path())
 
 
 def follow_flows(dP: Any, mask: Any, niter: int = 200) -> Any:
@@ -53,21 +44,12 @@ def follow_flows(dP: Any, mask: Any, niter: int = 200) -> Any:
     positions : array (ndim, Y, X) or (ndim, Z, Y, X), float32
         Final coordinates (NumPy for NumPy inputs, a torch tensor on the input's device for torch inputs).
     """
-    try:
-        niter_i = int(niter)
-    except (TypeError, ValueError):
-        raise ValueError(f"niter must be an integer, got {niter!r}") from None
+    niter_i = as_number(niter, "niter", int)
     if niter_i < 0 or niter_i > np.iinfo(np.int32).max:
         raise ValueError(f"niter must be >= 0, got {niter}")
     where = placement(dP, mask)
-    m, spatial = _mask_u8(mask, where)
-    flows = prepare(dP, "dP", np.float32, where)
-    want = (len(spatial), *spatial)
-    if tuple(flows.shape) != want:
-        raise ValueError(f"dP must have shape {want} for a mask of shape {spatial}, got {tuple(flows.shape)}")
-    if any_nonfinite(flows):
-        raise ValueError("dP contains NaN or Inf")
-    positions = empty(want, np.float32, where)
-    with device_guard(where):
-        _core.follow_flows(ptr(flows), ptr(m), shape_tuple(spatial), niter_i, ptr(positions), *where.exec_args())
+    m, spatial = prepare_mask(mask, where)
+    flows = prepare_field(dP, "dP", spatial, where, of="a mask")
+    positions = empty(flows.shape, np.float32, where)
+    call(where, _core.follow_flows, ptr(flows), ptr(m), shape_tuple(spatial), niter_i, ptr(positions))
     return finish(positions, where)

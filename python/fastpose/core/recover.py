@@ -1,22 +1,17 @@
-"""The whole mask-recovery chain: threshold -> Euler tracking -> clustering -> flow QC -> clean-up."""
+"""Mask recovery from network outputs, the whole chain in one native call: threshold -> Euler tracking ->
+clustering -> flow QC -> clean-up (``compute_masks``)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Tuple, Union
 
 import numpy as np
 
 from .. import _core
-from ._backend import (any_nonfinite, check_spatial, device_guard, empty, finish, placement, prepare, ptr,
-                       shape_tuple)
+from ._backend import (any_nonfinite, call, check_spatial, empty, finish, finish_labels, placement, prepare,
+                       prepare_field, ptr, shape_tuple)
 
-log = logging.getLogger("fastpose.core")
-
-
-def labels_dtype(n: int) -> np.dtype:
-    """uint16 for up to 65535 masks, else uint32 (Cellpose's convention)."""
-    return np.dtype(np.uint16) if n <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
+__all__ = ["compute_masks"]
 
 
 def compute_masks(dP: Any, cellprob: Any, niter: int = 200, cellprob_threshold: float = 0.0,
@@ -58,10 +53,7 @@ def compute_masks(dP: Any, cellprob: Any, niter: int = 200, cellprob_threshold: 
     where = placement(dP, cellprob)
     prob = prepare(cellprob, "cellprob", np.float32, where)
     spatial = check_spatial(prob, "cellprob")
-    flows = prepare(dP, "dP", np.float32, where)
-    if tuple(flows.shape) != (len(spatial), *spatial):
-        raise ValueError(f"dP must have shape {(len(spatial), *spatial)} for cellprob of shape {spatial}, "
-                         f"got {tuple(flows.shape)}")
+    flows = prepare_field(dP, "dP", spatial, where, of="cellprob")
     if niter is None or int(niter) < 0:
         raise ValueError(f"niter must be >= 0, got {niter}")
     if flow_threshold is None:
@@ -70,23 +62,14 @@ def compute_masks(dP: Any, cellprob: Any, niter: int = 200, cellprob_threshold: 
                     ("max_size_fraction", max_size_fraction)):
         if not np.isfinite(float(v)):
             raise ValueError(f"{name} must be finite, got {v}")
-    if any_nonfinite(flows):
-        raise ValueError("dP contains NaN or Inf")
     if any_nonfinite(prob):
         raise ValueError("cellprob contains NaN or Inf")
     labels = empty(spatial, np.int32, where, zero=True)
-    positions = empty((len(spatial), *spatial), np.float32, where) if return_positions else None
-    with device_guard(where):
-        n = _core.compute_masks(ptr(flows), ptr(prob), shape_tuple(spatial), ptr(labels), int(niter),
-                                float(cellprob_threshold), float(flow_threshold), bool(flow_qc_3d),
-                                int(min_size), float(max_size_fraction),
-                                ptr(positions) if positions is not None else 0, *where.exec_args())
-    if n > np.iinfo(np.uint16).max:
-        log.warning("%d masks in the image: labels returned as uint32", n)
-    if where.out_kind == "numpy":
-        out = finish(labels, where).astype(labels_dtype(n), copy=False)
-    else:
-        out = finish(labels, where)
+    positions = empty(flows.shape, np.float32, where) if return_positions else None
+    n = call(where, _core.compute_masks, ptr(flows), ptr(prob), shape_tuple(spatial), ptr(labels), int(niter),
+             float(cellprob_threshold), float(flow_threshold), bool(flow_qc_3d), int(min_size),
+             float(max_size_fraction), ptr(positions) if positions is not None else 0)
+    out = finish_labels(labels, n, where)
     if return_positions:
         return out, finish(positions, where)
     return out
