@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +56,14 @@ def test_bench_sam_without_cellpose(tmp_path: Path):
     res = json.loads(out.read_text())
     assert [t["name"] for t in res["timings"]] == ["segment_many[sam]"]
     assert res["timings"][0]["extra"]["images_per_s"] > 0 and res["ratios"] == {}
+
+
+def test_import_and_help_do_not_load_torch():
+    # `import fastpose.bench` and `--help` stay light: each benchmark module (and PyTorch) loads when it runs
+    code = ("import sys, contextlib, io, fastpose.bench as b\n"
+            "assert 'torch' not in sys.modules, 'import'\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    b.main(['segment', '--help'])\n"
+            "assert 'torch' not in sys.modules, '--help'\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

@@ -13,40 +13,37 @@ Cellpose-SAM-format file) on ``--size`` x ``--size`` three-channel images, side 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
-from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
-from .bench import Timing, _time_cellpose_eval, machine_header, time_call
+from ..deploy import CompiledNet, OnnxRuntimeNet, TensorRTNet
+from ..inference import Segmenter
+from ..models import UNet, ViT
+from ._timing import Timing, bench_images, report, time_call
+from .segment import ratios_vs_cellpose, time_cellpose_eval, time_segment_many
+
+__all__ = ["bench_net", "bench_sam"]
 
 log = logging.getLogger("fastpose.bench")
 
 
-def _make_net(arch: str):
-    import torch
-
-    from .models import VIT_PRESETS, UNet, ViT
+def _make_net(arch: str) -> Tuple[torch.nn.Module, int, int]:
+    """(network with seeded random weights, tile side, input channels) of ``arch``."""
     torch.manual_seed(0)
     if arch == "unet":
         return UNet(), 224, 2
-    if arch in VIT_PRESETS:
-        net = ViT(**VIT_PRESETS[arch])
-        return net, int(VIT_PRESETS[arch].get("img_size", 256)), int(VIT_PRESETS[arch].get("in_chans", 3))
-    raise ValueError(f"unknown arch {arch!r}; choose unet or one of {', '.join(VIT_PRESETS)}")
+    net = ViT.from_preset(arch)  # ValueError naming the presets for anything else
+    return net, net.img_size, net.nchan
 
 
 def _variants(net, device: str, batch: int, backends: Sequence[str]) -> List[Tuple[str, Callable]]:
     """(name, fn(x_fp32) -> output) for each way of running the network step."""
-    import copy
-
-    import torch
-
-    from .deploy.backends import CompiledNet, OnnxRuntimeNet
-
     cuda = device == "cuda"
     out: List[Tuple[str, Callable]] = []
     if "torch" in backends:
@@ -80,7 +77,6 @@ def _variants(net, device: str, batch: int, backends: Sequence[str]) -> List[Tup
             log.warning("onnxruntime skipped: %s", e)
     if "tensorrt" in backends:
         try:
-            from .deploy.trt import TensorRTNet
             for prec in ("fp16", "bf16"):
                 out.append((f"tensorrt {prec}", TensorRTNet(net, precision=prec, max_batch=batch)))
         except Exception as e:  # noqa: BLE001
@@ -93,15 +89,13 @@ def bench_net(arch: str = "unet", batch_sizes: Sequence[int] = (8, 32), device: 
               ) -> Dict[str, Any]:
     """Tiles per second of the network step for each variant and batch size (median of ``repeats`` runs
     after warm-up; several input sets rotate so the GPU's cache does not flatter small batches)."""
-    import torch
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     net, tile, nchan = _make_net(arch)
     net = net.to(device).eval()
     sync = torch.cuda.synchronize if device == "cuda" else None
     results: List[Timing] = []
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.no_grad():
         for bs in batch_sizes:
             xs = [torch.randn(bs, nchan, tile, tile, device=device) for _ in range(4)]
             base: Optional[float] = None
@@ -125,43 +119,31 @@ def bench_net(arch: str = "unet", batch_sizes: Sequence[int] = (8, 32), device: 
                     t.extra["x_eager_fp32"] = base / t.median_s
                 results.append(t)
                 log.info("%s: %.0f tiles/s", t.name, t.extra["tiles_per_s"])
-    return {"machine": machine_header(), "inputs": {"net": {"arch": arch, "tile": tile, "channels": nchan,
-                                                            "batch_sizes": list(batch_sizes)}},
-            "timings": [asdict(t) for t in results], "ratios": {}}
+    inputs = {"net": {"arch": arch, "tile": tile, "channels": nchan, "batch_sizes": list(batch_sizes)}}
+    return report(inputs, results, {})
 
 
 def _sam_images(n: int, size: int, seed: int = 0) -> List[np.ndarray]:
-    from .bench import _bench_images
-    return [np.concatenate([im, im[..., :1]], -1) for im in _bench_images(n, size, seed)]  # (Y, X, 3)
+    return [np.concatenate([im, im[..., :1]], -1) for im in bench_images(n, size, seed)]  # (Y, X, 3)
 
 
 def bench_sam(arch: str = "vit_l", n_images: int = 4, size: int = 1200, repeats: int = 2,
               precision: str = "bf16", batch_size: int = 8, backend: str = "torch",
               cellpose: bool = True) -> Dict[str, Any]:
     """Whole-image ViT segmentation (no diameter, 256 tiles) vs ``cellpose`` 4.x on the same weights."""
-    import torch
-
-    from .pipeline import Segmenter
     net, _, _ = _make_net(arch)
-    tmpdir = tempfile.mkdtemp(prefix="fastpose-bench-")
-    path = os.path.join(tmpdir, f"{arch}_random.pth")
-    torch.save(net.state_dict(), path)  # Cellpose-SAM's own key names: both packages read this file
-    imgs = _sam_images(n_images, size)
-    seg = Segmenter(path, device="auto", precision=precision, batch_size=batch_size, backend=backend)
-    sync = torch.cuda.synchronize if seg.device.type == "cuda" else None
-    kw = dict(channel_axis=-1, diameter=None)
-    results: List[Timing] = []
-    t = time_call("segment_many[sam]", seg.device.type, lambda: list(seg.segment_many(imgs, **kw)), repeats, sync)
-    t.extra["images_per_s"] = n_images / t.median_s
-    results.append(t)
-    info = {"arch": arch, "images": n_images, "size": size, "precision": precision, "batch_size": batch_size,
-            "backend": backend, "weights": "random (same file for both packages)"}
-    if cellpose:
-        results += _cellpose4_eval(path, imgs, seg.device.type == "cuda", repeats, batch_size)
-    ours = results[0].median_s
-    ratios = {f"segment vs {t.name}": t.median_s / ours for t in results if t.name.startswith("cellpose.")}
-    return {"machine": machine_header(), "inputs": {"sam": info}, "timings": [asdict(t) for t in results],
-            "ratios": ratios}
+    with tempfile.TemporaryDirectory(prefix="fastpose-bench-") as tmpdir:
+        path = os.path.join(tmpdir, f"{arch}_random.pth")
+        torch.save(net.state_dict(), path)  # Cellpose-SAM's own key names: both packages read this file
+        imgs = _sam_images(n_images, size)
+        seg = Segmenter(path, device="auto", precision=precision, batch_size=batch_size, backend=backend)
+        ours = time_segment_many(seg, imgs, "sam", repeats, channel_axis=-1, diameter=None)
+        results: List[Timing] = [ours]
+        info = {"arch": arch, "images": n_images, "size": size, "precision": precision, "batch_size": batch_size,
+                "backend": backend, "weights": "random (same file for both packages)"}
+        if cellpose:
+            results += _cellpose4_eval(path, imgs, seg.device.type == "cuda", repeats, batch_size)
+    return report({"sam": info}, results, ratios_vs_cellpose(ours, results))
 
 
 def _cellpose4_eval(path: str, imgs: List[np.ndarray], gpu: bool, repeats: int, batch_size: int) -> List[Timing]:
@@ -174,4 +156,4 @@ def _cellpose4_eval(path: str, imgs: List[np.ndarray], gpu: bool, repeats: int, 
     if major < 4:
         log.info("cellpose %s is not 4.x: skipping the Cellpose-SAM comparison", version("cellpose"))
         return []
-    return _time_cellpose_eval(path, imgs, gpu, repeats, "sam", batch_size=batch_size)
+    return time_cellpose_eval(path, imgs, gpu, repeats, "sam", batch_size=batch_size)

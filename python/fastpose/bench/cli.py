@@ -1,0 +1,122 @@
+"""``fastpose-bench``: time fastpose's operations (and Cellpose's, side by side, when importable).
+
+Examples::
+
+    fastpose-bench core                       # 2048x2048, ~4700 cells of diameter 30, CPU (+ GPU if present)
+    fastpose-bench core --size 1024 --cells 1200 --device cpu --json out.json
+    fastpose-bench core --3d                  # adds a 3D case (96x256x256)
+    fastpose-bench segment --model nuclei     # end to end on 1080x1080 two-channel images (+ cellpose 3.x)
+    fastpose-bench net --arch unet            # network step: tiles/s per backend and precision
+    fastpose-bench sam --arch vit_l           # Cellpose-SAM-style segmentation (+ cellpose 4.x)
+
+Every figure is the median of ``--repeats`` runs after one warm-up run; GPU timings synchronise the
+device.  Peak memory is the growth of the process's peak resident set (Linux) during the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any, Dict, List, Optional
+
+from ..io import atomic_write
+
+__all__ = ["main", "build_parser", "print_table"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fastpose-bench`` argument parser: one subcommand per benchmark."""
+    p = argparse.ArgumentParser(prog="fastpose-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("core", help="time the native core operations (flows, tracking, clustering, QC, clean-up)")
+    c.add_argument("--size", type=int, default=2048, help="image side in pixels (default 2048)")
+    c.add_argument("--cells", type=int, default=4700, help="number of cells (default 4700)")
+    c.add_argument("--diameter", type=float, default=30.0, help="mean cell diameter in pixels (default 30)")
+    c.add_argument("--repeats", type=int, default=3, help="timed runs per operation after a warm-up (default 3)")
+    c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CPU and, when present, the GPU")
+    c.add_argument("--3d", dest="do3d", action="store_true", help="also time a 3D volume (96x256x256)")
+    c.add_argument("--no-cellpose", action="store_true", help="skip the side-by-side Cellpose timings")
+    c.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    g = sub.add_parser("segment", help="end-to-end segmentation throughput on 1080x1080 two-channel images")
+    g.add_argument("--model", default=None, help="model file or name (default: random full-width U-Net)")
+    g.add_argument("--images", type=int, default=4, help="images per timed run (default 4)")
+    g.add_argument("--size", type=int, default=1080, help="image side (default 1080)")
+    g.add_argument("--repeats", type=int, default=2, help="timed runs after a warm-up (default 2)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
+                   help="network backend (default torch)")
+    g.add_argument("--no-cellpose", action="store_true", help="skip Cellpose 3's CellposeModel.eval")
+    g.add_argument("--files", nargs="+", metavar="IMAGE",
+                   help="time these images (channels last) instead of synthetic ones")
+    g.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    n = sub.add_parser("net", help="network-step throughput (tiles/s): eager fp32/fp16/bf16, compile + CUDA graphs, "
+                                   "onnxruntime, TensorRT")
+    n.add_argument("--arch", default="unet", help="unet (224 tiles) or a ViT preset: vit_l, vit_s, vit_t (256 tiles)")
+    n.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32], help="tiles per call (default 8 32)")
+    n.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    n.add_argument("--repeats", type=int, default=20, help="timed calls per variant after warm-up (default 20)")
+    n.add_argument("--backends", nargs="+", default=["torch", "compile", "onnxruntime", "tensorrt"],
+                   help="which backends to time (default: all; those not installed are skipped with a warning)")
+    n.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    s = sub.add_parser("sam", help="Cellpose-SAM-style ViT segmentation of 1200x1200 images, side by side with "
+                                   "cellpose 4.x when importable")
+    s.add_argument("--arch", default="vit_l", help="ViT preset (default vit_l, Cellpose-SAM's size)")
+    s.add_argument("--images", type=int, default=4, help="images per timed run (default 4)")
+    s.add_argument("--size", type=int, default=1200, help="image side (default 1200)")
+    s.add_argument("--repeats", type=int, default=2, help="timed runs after a warm-up (default 2)")
+    s.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="bf16")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch")
+    s.add_argument("--no-cellpose", action="store_true", help="skip cellpose 4.x's CellposeModel.eval")
+    s.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    return p
+
+
+def print_table(res: Dict[str, Any]) -> None:
+    """A benchmark result (see :func:`fastpose.bench._timing.report`) as a table on stdout."""
+    m = res["machine"]
+    print("# " + ", ".join(f"{k}={v}" for k, v in m.items()))
+    for case, info in res["inputs"].items():
+        print(f"# input {case}: {info}")
+    print(f"{'operation':40s} {'device':6s} {'median ms':>10s} {'min ms':>9s} {'max ms':>9s} {'peak MB':>8s}")
+    for t in res["timings"]:
+        pm = "" if t["peak_mem_mb"] is None or t["device"] != "cpu" else f"{t['peak_mem_mb']:.0f}"
+        print(f"{t['name']:40s} {t['device']:6s} {1e3 * t['median_s']:10.1f} {1e3 * t['min_s']:9.1f} "
+              f"{1e3 * t['max_s']:9.1f} {pm:>8s}")
+    for t in res["timings"]:
+        if t.get("extra"):
+            print(f"{t['name']}: " + ", ".join(f"{k}={v:.3g}" for k, v in t["extra"].items()))
+    for k, v in res["ratios"].items():
+        print(f"speed-up vs cellpose {k}: {v:.1f}x")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run one benchmark (``argv`` or the command line), print its table and write ``--json`` atomically."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # each benchmark module is imported on use, so --help and `import fastpose.bench` do not load PyTorch
+    if args.cmd == "net":
+        from .net import bench_net
+        res = bench_net(args.arch, args.batch_sizes, args.device, args.repeats, args.backends)
+    elif args.cmd == "sam":
+        from .net import bench_sam
+        res = bench_sam(args.arch, args.images, args.size, args.repeats, args.precision, args.batch_size,
+                        args.backend, not args.no_cellpose)
+    elif args.cmd == "segment":
+        from .segment import bench_segment
+        res = bench_segment(args.model, args.images, args.size, args.repeats, args.device, args.precision,
+                            args.batch_size, not args.no_cellpose, args.backend, args.files)
+    else:
+        from .core import bench_core
+        devices = None if args.device == "auto" else [args.device]
+        res = bench_core(args.size, args.cells, args.diameter, args.repeats, devices, not args.no_cellpose,
+                         args.do3d)
+    print_table(res)
+    if args.json:
+        atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+    return 0
