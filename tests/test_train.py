@@ -1,10 +1,14 @@
-"""Tests of fastpose.train (data + flow cache, augmentation, loop, resume, size model, CLI) and
-fastpose.synthetic_cells.  Small images and a tiny U-Net keep the whole file well under a minute on CPU."""
+"""Tests of fastpose.train (data + flow cache, axes, held-out split, augmentation, batches on workers, loop,
+time budget, resume, size model, model cards, CLI) and fastpose.synthetic_cells.  Small images and a tiny
+U-Net keep the whole file well under a minute on CPU."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +19,10 @@ from fastpose.models import UNet, load_model
 from fastpose.synthetic import disc, random_labels
 from fastpose.synthetic_cells import make_cyto_dataset, make_cyto_image
 from fastpose.train import data as tdata
-from fastpose.train import fit_size_model, from_arrays, load_folder, lr_schedule, predict_diameters, train
+from fastpose.train import budget_lr, fit_size_model, from_arrays, load_folder, lr_schedule, predict_diameters, train
 from fastpose.train.augment import degrade, make_affine, random_affine, sam_augment, warp_sample
+from fastpose.train.batches import BatchMaker, batch_tasks, iter_batches
+from fastpose.train.data import heldout_by_hash, image_kind, prepare_image, renumber
 from fastpose.train.size_model import collect_styles
 
 try:
@@ -83,7 +89,9 @@ def test_folder_loading_and_flow_cache(tmp_path, monkeypatch, cyto):
     tifffile.imwrite(tmp_path / "empty_img.tif", cyto[2][0])
     tifffile.imwrite(tmp_path / "empty_masks.tif", np.zeros(cyto[2][1].shape, np.uint16))
 
-    d1 = load_folder(tmp_path, nchan=2)
+    with pytest.raises(ValueError, match="c0_?.*cannot tell the axes apart.*channel_axis"):
+        load_folder(tmp_path, nchan=2)  # a 3D file without channel_axis: never guessed
+    d1 = load_folder(tmp_path, nchan=2, channel_axis=0)
     assert len(d1) == 2 and d1.n_computed == 2 and d1.n_cached == 0  # empty image skipped (min_masks=1)
     assert d1.masks[0].max() == cyto[0][1].max()  # renumbered 1..N
     assert np.allclose(d1.flows[0], fc.masks_to_flows(cyto[0][1]))
@@ -93,20 +101,74 @@ def test_folder_loading_and_flow_cache(tmp_path, monkeypatch, cyto):
     calls = []
     orig = tdata.compute_flow_targets
     monkeypatch.setattr(tdata, "compute_flow_targets", lambda m: calls.append(1) or orig(m))
-    d2 = load_folder(tmp_path, nchan=2)
+    d2 = load_folder(tmp_path, nchan=2, channel_axis=0)
     assert calls == [] and d2.n_cached == 2
     assert all(np.array_equal(a, b) for a, b in zip(d1.flows, d2.flows))
 
     m = cyto[1][1].copy()
     m[m == 1] = 0  # edit one mask file: only its flows are recomputed
     tifffile.imwrite(tmp_path / "c1_masks.tif", m.astype(np.uint16))
-    d3 = load_folder(tmp_path, nchan=2)
+    d3 = load_folder(tmp_path, nchan=2, channel_axis=0)
     assert len(calls) == 1 and d3.n_cached == 1 and d3.n_computed == 1
 
     cache = tmp_path / "cache"
     e1 = from_arrays([c[0] for c in cyto], [c[1] for c in cyto], nchan=2, cache_dir=cache)
     e2 = from_arrays([c[0] for c in cyto], [c[1] for c in cyto], nchan=2, cache_dir=cache)
     assert (e1.n_computed, e2.n_cached) == (3, 3)
+
+
+def test_prepare_image_never_guesses_axes():
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3)).astype(np.uint8)
+    with pytest.raises(ValueError, match="cannot tell the axes apart.*channel_axis"):
+        prepare_image(rgb, 2)
+    x = prepare_image(rgb, 2, channel_axis=-1)
+    assert x.shape == (2, 20, 30) and np.array_equal(x[0], rgb[..., 0]) and np.array_equal(x[1], rgb[..., 1])
+    g = prepare_image(rgb, 2, channel_axis=-1, grey=True)
+    assert np.array_equal(g[0], rgb.astype(np.float32).mean(-1)) and not g[1].any()
+    grey = rgb[..., 0]  # a 2D file is (Y, X) whatever channel_axis says (folders mix grey and colour files)
+    assert np.array_equal(prepare_image(grey, 2, channel_axis=-1), np.stack([grey, 0 * grey]).astype(np.float32))
+    assert np.array_equal(prepare_image(grey, 2, channel_axis=-1, grey=True)[0], grey)
+    assert (image_kind(grey, -1), image_kind(rgb, -1), image_kind(np.zeros((2, 8, 8)), 0)) == ("grey", "rgb", "2ch")
+    assert renumber(np.array([[0, 5.0], [5, 9]])).tolist() == [[0, 1], [1, 2]]  # float masks holding integers
+    with pytest.raises(ValueError, match="integer labels"):
+        renumber(np.array([[0.5]]))
+
+
+def _write_folder(root: Path, ids, rgb_ids=()):
+    tifffile = pytest.importorskip("tifffile")
+    for j, i in enumerate(ids):
+        lab = np.zeros((40, 40), np.uint16)
+        lab[disc((40, 40), (12, 12), 6 + j % 3)] = 1
+        lab[disc((40, 40), (28, 26), 7)] = 2
+        img = (lab > 0).astype(np.uint8) * 200 + 10
+        tifffile.imwrite(root / f"{i}_img.tif", np.stack([img] * 3, -1) if i in rgb_ids else img)
+        tifffile.imwrite(root / f"{i}_masks.tif", lab)
+
+
+def test_heldout_split_by_hash_and_sources(tmp_path):
+    from fastpose.io import sample_paths
+    from fastpose.train.recipes import SAMPLE_ID, load_sources
+
+    assert SAMPLE_ID == sample_paths()[0].name.split("_")[1]
+    ids = [f"{k:04x}" for k in range(24)] + [SAMPLE_ID]
+    _write_folder(tmp_path, ids, rgb_ids=ids[::3])
+    opts = argparse.Namespace(dir=str(tmp_path), val_dir=None, holdout_every=4, exclude=[SAMPLE_ID], synthetic_cyto=0,
+                              channel_axis=-1, grey=True, img_filter="_img", mask_filter="_masks", min_masks=1,
+                              cache_dir=str(tmp_path / "cache"), limit=None)
+    src = load_sources(opts, 2)
+    held = {i for i in ids if heldout_by_hash(i, 4)} - {SAMPLE_ID}
+    assert 0 < len(held) < 24 and set(src.heldout.names) == held
+    assert set(src.train.names) == set(ids) - held - {SAMPLE_ID}  # the excluded sample is in neither
+    assert (src.n_train, src.n_heldout) == (len(src.train), len(src.heldout))
+    assert "SHA-1" in src.description and SAMPLE_ID in src.description
+    assert {k for n, k in zip(src.train.names, src.train.kinds)} == {"grey", "rgb"}
+    assert all(k == ("rgb" if n in ids[::3] else "grey") for n, k in zip(src.train.names, src.train.kinds))
+    assert all(not x[1].any() for x in src.train.images)  # grey: one channel, the second left zero
+    only = load_sources(opts, 2, which=("heldout",))  # the evaluator loads the held-out images only
+    assert only.train is None and only.n_train == src.n_train and only.heldout.names == src.heldout.names
+    opts.grey, opts.channel_axis = False, None
+    with pytest.raises(ValueError, match="cannot tell the axes apart"):
+        load_sources(opts, 2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,6 +240,50 @@ def test_lr_schedule():
     s = lr_schedule(120, 1.0, 0)
     assert s[69] == 1.0 and s[70] == 0.5 and s[75] == 0.25
     assert np.all(lr_schedule(30, 0.1, 0) == 0.1)
+
+
+def test_budget_lr():
+    lr = 0.2
+    assert budget_lr(0.0, lr) == pytest.approx(0.02 * lr) and budget_lr(0.025, lr) == pytest.approx(lr / 2)
+    assert budget_lr(0.05, lr) == budget_lr(0.69, lr) == lr
+    assert budget_lr(0.70, lr) == budget_lr(0.75, lr) == lr / 2 and budget_lr(0.77, lr) == lr / 4
+    assert budget_lr(0.999, lr) == lr / 32
+    v = [budget_lr(f, lr) for f in np.linspace(0.05, 1, 200)]
+    assert all(a >= b for a, b in zip(v, v[1:]))
+    assert budget_lr(0.5, 1.0, warmup=0.1, anneal_start=0.4, anneal_every=0.05) == 0.25
+
+
+def test_batches_same_inline_and_on_workers(cyto):
+    data = res_data(cyto)
+    maker = BatchMaker(data, 24.0, TILE, 0.5, True, False, seed=3)
+    tasks = lambda: batch_tasks(3, len(data), 5, 2, end_epoch=2)  # noqa: E731
+    ref = list(iter_batches(maker, tasks()))
+    assert [(e, k, len(b[0])) for e, k, b in ref] == [(0, 0, 2), (0, 1, 2), (0, 2, 1), (1, 3, 2), (1, 4, 2), (1, 5, 1)]
+    for wt in ("process", "thread"):
+        got = list(iter_batches(maker, tasks(), workers=2, worker_type=wt, prefetch=3))
+        assert [(e, k) for e, k, _ in got] == [(e, k) for e, k, _ in ref]
+        assert all(np.array_equal(a, b) for (_, _, x), (_, _, y) in zip(ref, got) for a, b in zip(x, y))
+    it = iter_batches(maker, batch_tasks(3, len(data), 5, 2), workers=1)  # endless (time budget): closes cleanly
+    next(it)
+    it.close()
+
+
+def test_time_budget_with_workers_channels_last_and_compile(tmp_path, cyto):
+    t = time.perf_counter()
+    res = train(_tiny_unet(), cyto[:2], time_budget=2.0, lr=0.05, batch_size=2, images_per_epoch=2, tile=TILE,
+                size_model=False, compile_backend="eager", channels_last=True, workers=1, save_dir=tmp_path,
+                save_every=1000, device="cpu", progress=False)
+    info = res.info
+    assert 2.0 <= info["seconds"] <= time.perf_counter() - t
+    assert info["steps"] == len(res.history) >= 1 and info["samples"] == 2 * info["steps"]  # 1 step per epoch
+    assert (info["compile"], info["channels_last"], info["workers"], info["time_budget"]) == ("eager", True, 1, 2.0)
+    lrs = [h["lr"] for h in res.history]
+    assert lrs[0] < 0.05 / 2 and max(lrs) <= 0.05 and np.isfinite(info["final_loss"])  # first step in the warm-up
+    assert all(p.is_contiguous() for p in res.model.parameters())  # back to the plain layout
+    net, meta = load_model(res.last_path)
+    assert meta["extra"]["training"]["steps"] == info["steps"]
+    with pytest.raises(ValueError, match="resume"):
+        train(_tiny_unet(), cyto[:2], time_budget=1.0, resume=tmp_path, device="cpu", progress=False)
 
 
 def test_training_lowers_loss_validates_and_saves(tmp_path, cyto):
@@ -267,7 +373,7 @@ def test_cli_train_and_finetune(tmp_path, cyto):
         tifffile.imwrite(tmp_path / f"s{i}_img.tif", img)
         tifffile.imwrite(tmp_path / f"s{i}_masks.tif", m)
     out = tmp_path / "m.pth"
-    common = ["--dir", str(tmp_path), "--epochs", "2", "--batch-size", "2", "--tile", str(TILE), "--device", "cpu",
+    common = ["--dir", str(tmp_path), "--channel-axis", "0", "--epochs", "2", "--batch-size", "2", "--tile", str(TILE), "--device", "cpu",
               "-q", "--no-size-model"]
     args = parser.parse_args(["train", "--out", str(out), "--nbase", *map(str, NBASE), *common])
     assert args.func(args) == 0 and args.func is run
@@ -279,3 +385,57 @@ def test_cli_train_and_finetune(tmp_path, cyto):
     _, meta2 = load_model(out2)
     assert meta2["extra"]["training"]["optimizer"] == "adamw"
     assert meta2["extra"]["training"]["fine_tuned_from"] == str(out)
+
+
+def _parser():
+    from fastpose.train.cli import add_parser
+
+    parser = argparse.ArgumentParser(prog="fastpose")
+    add_parser(parser.add_subparsers(dest="cmd"))
+    return parser
+
+
+def test_recipe_run_writes_model_and_card_and_evaluate_card_rewrites_it(tmp_path):
+    from fastpose.train.card import read_card
+    from fastpose.train.recipes import RECIPES
+
+    parser = _parser()
+    out = tmp_path / "cyto.pth"
+    argv = ["train", "--recipe", "cyto", "--synthetic-cyto", "4", "--time-budget", "1.5", "--nbase", *map(str, NBASE),
+            "--tile", str(TILE), "--card-modes", "label_diameter", "--device", "cpu", "-q", "--out", str(out)]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    card = read_card(out.with_suffix(".json"))
+    net, meta = load_model(out)
+    assert meta["extra"]["card"] == card  # the same card inside the model file
+    sd = torch.load(out, weights_only=True)["state_dict"]
+    assert sd["downsample.down.res_down_0.conv.conv_0.0.weight"].dtype == torch.float16  # --half (recipe)
+    assert card["model"] == "cyto" and card["nbase"] == NBASE and card["diam_mean"] == 30.0
+    assert card["diam_labels"] == pytest.approx(meta["diam_labels"]) and card["data"].startswith("synthetic cells")
+    # the reproduce command is the command that ran, recipe first (options left at the recipe's values omitted)
+    assert card["reproduce"] == (f"fastpose train --recipe cyto --synthetic-cyto 4 --out {out} --nbase "
+                                 f"{' '.join(map(str, NBASE))} --time-budget 1.5 --tile {TILE} --card-modes "
+                                 f"label_diameter --device cpu")
+    assert RECIPES["cyto"].command() == "fastpose train --recipe cyto --time-budget 228 --out cyto.pth"
+    rec = card["recipe"]
+    assert (rec["name"], rec["batch_size"], rec["lr"], rec["time_budget"], rec["synthetic_cyto"]) == \
+        ("cyto", 8, 0.2, 1.5, 4)
+    tr = card["training"]
+    assert tr["trainer"].startswith("fastpose train") and tr["time_budget"] == 1.5 and tr["steps"] >= 1
+    assert tr["workers"] >= 1 and re.match(r"SGD lr 0.2 momentum 0.9 wd 1e-05, 1.5 s wall-clock", tr["recipe"])
+    v = card["validation"]
+    assert set(v) == {"label_diameter", "evaluated"} and v["evaluated"]["device"] == "cpu"
+    assert {"images", "ap50_mean", "ap75_mean", "ap90_mean", "error_rate50_pooled", "tp50"} <= set(v["label_diameter"])
+    assert v["label_diameter"]["images"] == 1 and "by_kind" not in v["label_diameter"]  # one kind of image
+
+    # evaluate-card: validation recomputed, training record and reproduce command copied from the model file
+    card2_path = tmp_path / "card2.json"
+    args = parser.parse_args(["evaluate-card", str(out), "--recipe", "cyto", "--synthetic-cyto", "4", "--modes",
+                              "label_diameter", "--device", "cpu", "--out", str(card2_path)])
+    assert args.func(args) == 0
+    card2 = read_card(card2_path)
+    assert card2["training"] == tr and card2["reproduce"] == card["reproduce"] and card2["recipe"] == rec
+    assert card2["written_by"].startswith("fastpose evaluate-card")
+    assert card2["validation"]["evaluated"]["command"].startswith(f"fastpose evaluate-card {out} --recipe cyto")
+    assert set(card2["validation"]["label_diameter"]) == set(v["label_diameter"])
+    assert json.loads(card2_path.read_text()) == card2

@@ -117,7 +117,7 @@ def degrade(img: np.ndarray, rng: np.random.Generator, kind: Optional[str] = Non
     """
     from scipy.ndimage import gaussian_filter
 
-    from ..pipeline import normalize_percentile
+    from ..transforms import normalize_percentile
 
     kinds = ("poisson", "blur", "downsample", "aniso")
     kind = kinds[int(rng.integers(4))] if kind is None else kind

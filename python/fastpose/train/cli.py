@@ -1,92 +1,258 @@
-"""``fastpose train``: train a U-Net from scratch or fine-tune a model file on a folder of labelled images.
+"""``fastpose train`` (train a U-Net from scratch, fine-tune a model file, or run a bundled model's recipe) and
+``fastpose evaluate-card`` (recompute the held-out evaluation of a model card for an existing model file).
 
-Hook into the main parser with ``add_parser(subparsers)``; the subcommand's ``func`` default is
-:func:`run`, which returns the exit status.
+Hook into the main parser with ``add_parser(subparsers)``, which adds both subcommands; each one's
+``func`` default (:func:`run`, :func:`run_card`) returns the exit status.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
+import shlex
+import textwrap
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
-from ..io import atomic_write
+from .recipes import PLAIN_DEFAULTS, RECIPES, Recipe
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "add_card_parser", "run", "run_card", "command_line"]
 
 log = logging.getLogger("fastpose.train")
 
+_RECIPE_HELP = "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()).replace("%", "%%")
+_REPRODUCE = "\n".join(f"  {r.command()}" for r in RECIPES.values())
+
+
+def _workers(v: str) -> Any:
+    if v == "auto":
+        return "auto"
+    n = int(v)
+    if n < 0:
+        raise argparse.ArgumentTypeError("workers must be >= 0 or 'auto'")
+    return n
+
+
+def _add_data_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("data")
+    g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help=f"defaults of a bundled model's recipe (options given here win): {_RECIPE_HELP}")
+    g.add_argument("--data", "--dir", dest="dir", default=None,
+                   help="training folder with *_img.tif and *_masks.tif files")
+    g.add_argument("--val-dir", default=None, help="validation folder (default: none, or --holdout-every)")
+    g.add_argument("--holdout-every", type=int, default=None, metavar="N",
+                   help="hold out of --data the images whose SHA-1 of the id is 0 mod N (about 1/N of them) as "
+                        "validation data; the split depends on the ids alone (nuclei recipe: 10)")
+    g.add_argument("--exclude", nargs="+", default=None, metavar="ID",
+                   help="image ids (file stem less --img-filter) to leave out of training and validation "
+                        "(nuclei recipe: the bundled sample image)")
+    g.add_argument("--synthetic-cyto", type=int, default=None, metavar="N",
+                   help="train on N synthetic two-channel cell images from fastpose.synthetic_cells and hold out "
+                        "N/8 more (256x256, seed 0) instead of --data (cyto recipe: 400)")
+    g.add_argument("--channel-axis", type=int, default=None,
+                   help="channel axis of 3D (multichannel 2D) files; 2D files are always (Y, X); a 3D file "
+                        "without it is an error, never a guess (nuclei recipe: -1; cyto: 0)")
+    g.add_argument("--grey", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the (first three) channels of colour images into channel 0 (nuclei recipe)")
+    g.add_argument("--img-filter", default="_img", help="image file name suffix before .tif (default _img)")
+    g.add_argument("--mask-filter", default="_masks", help="mask file name suffix before .tif (default _masks)")
+    g.add_argument("--min-masks", type=int, default=1, help="skip images with fewer masks (default 1)")
+    g.add_argument("--cache-dir", default=None, help="folder for cached flow targets (default: next to masks)")
+    g.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="use only the first N training and N held-out images (smoke runs)")
+
+
+def _flag_table(s: argparse.ArgumentParser) -> List[Tuple[str, str, Any, bool]]:
+    """(dest, long option, default, is BooleanOptionalAction) of each option, in parser order."""
+    out = []
+    for a in s._actions:
+        if a.option_strings and a.dest not in ("help", "quiet"):  # (no effect on the result)
+            long = max(a.option_strings, key=len) if a.dest != "dir" else "--data"
+            out.append((a.dest, long, a.default, isinstance(a, argparse.BooleanOptionalAction)))
+    return out
+
+
+def command_line(prog: str, given: Dict[str, Any], positional: Tuple[str, ...] = ()) -> str:
+    """The command line of the options in ``given`` (the parsed namespace before recipe defaults were
+    filled in) that differ from their parser defaults: ``--recipe`` first, then parser order."""
+    table = given.get("_flags") or []
+    parts = [prog, *map(shlex.quote, positional)]
+    rest = []
+    for dest, flag, default, boolopt in table:
+        v = given.get(dest)
+        if v is None or v == default:
+            continue
+        if boolopt:
+            tok = [flag if v else "--no-" + flag[2:]]
+        elif v is True:
+            tok = [flag]
+        elif isinstance(v, (list, tuple)):
+            tok = [flag, *map(lambda x: shlex.quote(str(x)), v)]
+        else:
+            tok = [flag, shlex.quote(f"{v:g}" if isinstance(v, float) else str(v))]
+        (parts if dest == "recipe" else rest).extend(tok)
+    return " ".join(parts + rest)
+
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
-    """Add the ``train`` subcommand to ``subparsers`` and return its parser."""
+    """Add the ``train`` and ``evaluate-card`` subcommands to ``subparsers``; returns the ``train`` parser."""
+    from .evaluate import DEFAULT_MODES, MODES
+
     s = subparsers.add_parser(
-        "train", help="train or fine-tune a segmentation model",
-        description="Train a Cellpose U-Net from scratch (SGD, Cellpose recipe) or fine-tune any model file "
-                    "(AdamW) on a folder of *_img.tif images with *_masks.tif label images. Flow targets are "
-                    "cached next to the masks (or in --cache-dir). Checkpoints go to --save-dir; the final "
-                    "model (with its size model) is written to --out.")
-    s.add_argument("--dir", required=True, help="training folder with *_img.tif and *_masks.tif files")
-    s.add_argument("--val-dir", default=None, help="validation folder (AP@0.5 every --val-every epochs, best "
-                                                    "checkpoint); default: none")
-    s.add_argument("--model", default="scratch",
+        "train", help="train or fine-tune a segmentation model (or a bundled model's recipe)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Train a Cellpose U-Net from scratch (SGD, Cellpose recipe) or fine-tune any model file (AdamW) on a "
+            "folder of *_img.tif images with *_masks.tif label images, for --epochs or a wall-clock --time-budget. "
+            "Flow targets are cached next to the masks (or in --cache-dir). Checkpoints go to --save-dir; the final "
+            "model (with its size model) is written to --out, and with --card a JSON model card scored on the "
+            "held-out images beside it (see evaluate-card).", 100),
+        epilog="The bundled models come from these commands (on a GPU; weights differ run to run):\n" + _REPRODUCE)
+    _add_data_args(s)
+    g = s.add_argument_group("model")
+    g.add_argument("--model", default="scratch",
                    help="'scratch' (default) for a new U-Net, or a model file / built-in name to fine-tune")
-    s.add_argument("--out", required=True, help="where to write the trained model file (.pth)")
-    s.add_argument("--nbase", type=int, nargs="+", default=[2, 32, 64, 128, 256], metavar="N",
+    g.add_argument("--out", required=True, help="where to write the trained model file (.pth)")
+    g.add_argument("--nbase", type=int, nargs="+", default=None, metavar="N",
                    help="U-Net widths for --model scratch, input channels first (default 2 32 64 128 256)")
-    s.add_argument("--diam-mean", type=float, default=30.0,
+    g.add_argument("--diam-mean", type=float, default=None,
                    help="cell diameter (pixels) images are scaled to, for --model scratch (default 30; "
-                        "Cellpose nuclei models use 17)")
-    s.add_argument("--img-filter", default="_img", help="image file name suffix before .tif (default _img)")
-    s.add_argument("--mask-filter", default="_masks", help="mask file name suffix before .tif (default _masks)")
-    s.add_argument("--channel-axis", type=int, default=None,
-                   help="channel axis of multichannel images (default: guessed, a small first or last axis)")
-    s.add_argument("--min-masks", type=int, default=1, help="skip images with fewer masks (default 1)")
-    s.add_argument("--cache-dir", default=None, help="folder for cached flow targets (default: next to masks)")
-    s.add_argument("--epochs", type=int, default=None,
-                   help="epochs (default 500 from scratch, 100 when fine-tuning)")
-    s.add_argument("--lr", type=float, default=None,
+                        "nuclei recipe 17)")
+    g = s.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="epochs (default 500 from scratch, 100 when fine-tuning; with --time-budget: no limit)")
+    g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="train for this many wall-clock seconds instead of epochs: linear warm-up over the first "
+                        "--warmup-fraction, then the rate halves at --anneal-start and every --anneal-every of "
+                        "the budget (nuclei recipe 330, cyto 228)")
+    g.add_argument("--warmup-fraction", type=float, default=0.05, help="warm-up, fraction of the budget (0.05)")
+    g.add_argument("--anneal-start", type=float, default=0.7,
+                   help="first halving of the rate, fraction of the budget (0.7)")
+    g.add_argument("--anneal-every", type=float, default=0.06,
+                   help="then halve every this fraction of the budget (0.06)")
+    g.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: SGD 0.2; AdamW 5e-3 for a U-Net, 5e-5 for a ViT)")
-    s.add_argument("--weight-decay", type=float, default=None,
+    g.add_argument("--weight-decay", type=float, default=None,
                    help="weight decay (default: SGD 1e-5; AdamW 1e-4 for a U-Net, 0.1 for a ViT)")
-    s.add_argument("--optimizer", choices=["auto", "sgd", "adamw"], default="auto",
+    g.add_argument("--optimizer", choices=["auto", "sgd", "adamw"], default=None,
                    help="auto (default): SGD from scratch, AdamW when fine-tuning or for a ViT")
-    s.add_argument("--batch-size", type=int, default=8, help="crops per step (default 8)")
-    s.add_argument("--images-per-epoch", type=int, default=None,
+    g.add_argument("--batch-size", type=int, default=None, help="crops per step (default 8; nuclei recipe 16)")
+    g.add_argument("--images-per-epoch", type=int, default=None,
                    help="crops per epoch (default: the number of training images)")
-    s.add_argument("--warmup-epochs", type=int, default=10, help="linear learning-rate warm-up (default 10)")
-    s.add_argument("--tile", type=int, default=None, help="crop size (default 224; a ViT's input size)")
-    s.add_argument("--scale-range", type=float, default=0.5,
+    g.add_argument("--warmup-epochs", type=int, default=10, help="linear learning-rate warm-up (default 10)")
+    g.add_argument("--tile", type=int, default=None, help="crop size (default 224; a ViT's input size)")
+    g.add_argument("--scale-range", type=float, default=0.5,
                    help="random scale 1 +- range/2 around the mean diameter (default 0.5: 0.75-1.25)")
-    s.add_argument("--no-rescale", action="store_true",
+    g.add_argument("--no-rescale", action="store_true",
                    help="do not scale images so their median cell diameter matches --diam-mean")
-    s.add_argument("--sam-augment", action="store_true",
+    g.add_argument("--sam-augment", action="store_true",
                    help="add Cellpose-SAM augmentations (noise, blur, downsampling, grayscale, inversion, "
                         "channel permutation, brightness/contrast)")
-    s.add_argument("--val-every", type=int, default=10, help="validate every N epochs (default 10)")
-    s.add_argument("--save-dir", default=None,
+    g = s.add_argument_group("speed")
+    g.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+                   help="augment batches on N worker processes (or threads, --worker-type) ahead of the step; "
+                        "0: inline (default); auto: CPU count - 2 (recipes). The batches are the same either way")
+    g.add_argument("--worker-type", choices=["process", "thread"], default="process",
+                   help="workers are processes (default; forked where possible) or threads")
+    g.add_argument("--channels-last", choices=["auto", "on", "off"], default=None,
+                   help="channels-last memory format (auto, the default: on a GPU)")
+    g.add_argument("--compile", default=None, metavar="BACKEND",
+                   help="torch.compile the training step with this backend (inductor on a GPU; eager or "
+                        "aot_eager to check the path); default: eager PyTorch")
+    g.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU (default: bf16 autocast)")
+    g = s.add_argument_group("outputs")
+    g.add_argument("--val-every", type=int, default=None,
+                   help="validate on the held-out images every N epochs (default 10; 0: never, as in the recipes)")
+    g.add_argument("--save-dir", default=None,
                    help="checkpoint folder (model_last.pth, model_best.pth, train_state.pt); "
                         "default: <out without suffix>_train")
-    s.add_argument("--save-every", type=int, default=1, help="write checkpoints every N epochs (default 1)")
-    s.add_argument("--resume", default=None, help="train_state.pt (or its folder) to continue from")
-    s.add_argument("--no-size-model", action="store_true", help="do not fit the style -> diameter model")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--save-every", type=int, default=1, help="write checkpoints every N epochs (default 1)")
+    g.add_argument("--resume", default=None, help="train_state.pt (or its folder) to continue from (epoch runs)")
+    g.add_argument("--no-size-model", action="store_true", help="do not fit the style -> diameter model")
+    g.add_argument("--size-model-epochs", type=int, default=None,
+                   help="random crops per training image for the size model (default 10; recipes 2)")
+    g.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
+                   help="store the weights in float16 (recipes: yes)")
+    g.add_argument("--card", action=argparse.BooleanOptionalAction, default=None,
+                   help="after training, score the held-out images (see evaluate-card) and write the model card "
+                        "<out>.json, also stored in the model file (recipes: yes)")
+    g.add_argument("--card-modes", nargs="+", choices=list(MODES), default=list(DEFAULT_MODES), metavar="MODE",
+                   help=f"what the card scores: {', '.join(MODES)} (default: {' '.join(DEFAULT_MODES)})")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto (default): the GPU when one is usable")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=run, _flags=_flag_table(s))
+    add_card_parser(subparsers)
+    return s
+
+
+def add_card_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    """Add the ``evaluate-card`` subcommand to ``subparsers`` and return its parser."""
+    from .evaluate import DEFAULT_MODES, MODES
+
+    s = subparsers.add_parser(
+        "evaluate-card", help="(re)compute the held-out evaluation of a model card",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Score an existing model file on held-out images (AP@0.5/0.75/0.9, pooled error rate, COCO mean AP "
+            "and AJI, at the label diameter and with the estimated diameter, with flip TTA, overall and per image "
+            "kind) and write its JSON model card: the validation is computed here, the training record is copied "
+            "from the model file's metadata. The data options are those of `fastpose train` (--recipe sets them "
+            "as for training, so the held-out split is the same). The model file itself is not changed.", 100),
+        epilog="The bundled cards:\n"
+               "  fastpose evaluate-card nuclei --recipe nuclei --data /path/to/dsb2018/stage1_train --device cpu\n"
+               "  fastpose evaluate-card cyto --recipe cyto --device cpu")
+    s.add_argument("model", help="model file or built-in name (nuclei, cyto)")
+    _add_data_args(s)
+    s.add_argument("--out", default=None, help="card to write (default: the model file with .json)")
+    s.add_argument("--name", default=None, help="model name in the card (default: the recipe, else the file stem)")
+    s.add_argument("--modes", nargs="+", choices=list(MODES), default=list(DEFAULT_MODES), metavar="MODE",
+                   help=f"what to score: {', '.join(MODES)} (default: {' '.join(DEFAULT_MODES)})")
+    s.add_argument("--training-note", default=None,
+                   help="where the weights came from, for a model file that does not record its trainer")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto (default): the GPU when one is usable")
-    s.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=run)
+    s.set_defaults(func=run_card, _flags=_flag_table(s))
     return s
+
+
+def _resolve(args: argparse.Namespace) -> Optional[Recipe]:
+    """Fill the recipe-controlled options left unset with the recipe's values, then the plain defaults."""
+    recipe = RECIPES[args.recipe] if args.recipe else None
+    for k, plain in PLAIN_DEFAULTS.items():
+        if hasattr(args, k) and getattr(args, k) is None:
+            setattr(args, k, recipe.options.get(k, plain) if recipe else plain)
+    return recipe
+
+
+def _recipe_options(args: argparse.Namespace, recipe: Optional[Recipe]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"name": recipe.name if recipe else None}
+    for k in PLAIN_DEFAULTS:
+        if hasattr(args, k):
+            out[k] = getattr(args, k)
+    return out
+
+
+def _version() -> str:
+    import fastpose
+
+    return fastpose.__version__
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``fastpose train``; returns the exit status."""
     import torch
 
-    from ..models import UNet, load_model
-    from .data import load_folder
+    from ..models import UNet, load_model, save_model
+    from .card import build_card, recipe_text, write_card
+    from .evaluate import evaluate_heldout
     from .loop import train
+    from .recipes import load_sources
 
+    given = dict(vars(args))
+    recipe = _resolve(args)
+    cmd = command_line("fastpose train", given)
     scratch = args.model == "scratch"
     optimizer = args.optimizer
     if scratch:
@@ -95,24 +261,87 @@ def run(args: argparse.Namespace) -> int:
     else:
         model, _ = load_model(args.model, device="cpu")
         optimizer = "adamw" if optimizer == "auto" else optimizer  # fine-tuning recipe
-    nchan = int(model.nchan)
-    load_kw = dict(nchan=nchan, img_filter=args.img_filter, mask_filter=args.mask_filter,
-                   min_masks=args.min_masks, channel_axis=args.channel_axis, cache_dir=args.cache_dir)
-    tr = load_folder(args.dir, **load_kw)
-    va = load_folder(args.val_dir, **load_kw) if args.val_dir else None
+    src = load_sources(args, int(model.nchan), recipe=recipe)
+    if args.card and not (src.heldout is not None and len(src.heldout)):
+        raise ValueError("--card needs held-out images: --holdout-every N, --val-dir or --synthetic-cyto")
     out = Path(args.out)
     save_dir = Path(args.save_dir) if args.save_dir else out.with_name(out.stem + "_train")
-    epochs = args.epochs or (500 if scratch else 100)
-    res = train(model, tr, va, epochs=epochs, lr=args.lr, batch_size=args.batch_size,
-                images_per_epoch=args.images_per_epoch, optimizer=optimizer, weight_decay=args.weight_decay,
-                warmup_epochs=args.warmup_epochs, tile=args.tile, scale_range=args.scale_range,
-                rescale=False if args.no_rescale else None, sam_augment=args.sam_augment, val_every=args.val_every,
-                save_dir=save_dir, save_every=args.save_every, resume=args.resume,
-                size_model=not args.no_size_model, amp=not args.no_amp, seed=args.seed, device=args.device,
-                progress=not args.quiet)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: shutil.copyfile(res.last_path, tmp), to_path=True)
-    log.info("wrote %s (final loss %.4f%s); checkpoints in %s", out, res.history[-1]["loss"] if res.history else
-             float("nan"), f", best val AP@0.5 {res.best_ap:.3f} at epoch {res.best_epoch}" if res.best_ap is not None
-             else "", save_dir)
+    epochs = args.epochs or (None if args.time_budget else (500 if scratch else 100))
+    res = train(model, src.train, src.heldout, epochs=epochs, time_budget=args.time_budget, lr=args.lr,
+                batch_size=args.batch_size, images_per_epoch=args.images_per_epoch, optimizer=optimizer,
+                weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                warmup_fraction=args.warmup_fraction, anneal_start=args.anneal_start, anneal_every=args.anneal_every,
+                tile=args.tile, scale_range=args.scale_range, rescale=False if args.no_rescale else None,
+                sam_augment=args.sam_augment, val_every=args.val_every, save_dir=save_dir,
+                save_every=args.save_every, resume=args.resume, size_model=not args.no_size_model,
+                size_model_epochs=args.size_model_epochs, amp=not args.no_amp,
+                channels_last={"on": True, "off": False}.get(args.channels_last, "auto"),
+                compile_backend=args.compile, workers=args.workers, worker_type=args.worker_type, seed=args.seed,
+                device=args.device, progress=not args.quiet)
+    trainer = f"fastpose train (fastpose {_version()})"
+    info = {**res.info, "trainer": trainer, "command": cmd, "recipe": recipe_text(res.info)}
+    meta = res.model.fastpose_meta
+    options = _recipe_options(args, recipe)
+    extra: Dict[str, Any] = {"training": info, "recipe": options, "data": src.description}
+    card = None
+    if args.card:
+        dev = next(res.model.parameters()).device
+        validation = evaluate_heldout(res.model, src.heldout, device=dev, modes=args.card_modes)
+        card = build_card(name=recipe.name if recipe else out.stem, meta=meta, data=src.description, reproduce=cmd,
+                          recipe=options, training=info, validation=validation,
+                          written_by=trainer, kinds=recipe.kinds if recipe else None)
+        extra["card"] = card
+    save_model(out, res.model, {**{k: meta[k] for k in ("diam_mean", "diam_labels", "normalize", "size_model")},
+                                "extra": extra}, half=bool(args.half))
+    if card is not None:
+        write_card(out.with_suffix(".json"), card)
+    log.info("wrote %s (final loss %s%s)%s; checkpoints in %s", out,
+             f"{info['final_loss']:.4f}" if info.get("final_loss") is not None else "n/a",
+             f", best val AP@0.5 {res.best_ap:.3f} at epoch {res.best_epoch}" if res.best_ap is not None else "",
+             f" and {out.with_suffix('.json')}" if card is not None else "", save_dir)
+    return 0
+
+
+def run_card(args: argparse.Namespace) -> int:
+    """Execute ``fastpose evaluate-card``; returns the exit status."""
+    from ..models import load_model
+    from .card import build_card, training_record, write_card
+    from .evaluate import evaluate_heldout
+    from .loop import _resolve_device
+    from .recipes import load_sources
+
+    given = dict(vars(args))
+    recipe = _resolve(args)
+    cmd = command_line("fastpose evaluate-card", given, (args.model,))
+    dev = _resolve_device(args.device)
+    net, meta = load_model(args.model, device="cpu")
+    src = load_sources(args, int(net.nchan), which=("heldout",), recipe=recipe)
+    if src.heldout is None or not len(src.heldout):
+        raise ValueError("no held-out images: pass --recipe, --holdout-every N with --data, --val-dir or "
+                         "--synthetic-cyto")
+    validation = evaluate_heldout(net, src.heldout, device=dev, modes=args.modes)
+    validation["evaluated"]["command"] = cmd
+    training = training_record(meta)
+    if not training.get("trainer"):
+        training["trainer"] = args.training_note or "not recorded in the model file"
+    elif args.training_note:
+        training["note"] = args.training_note
+    # a file from `fastpose train` records its command and options; for older files: the recipe's
+    stored = dict(meta.get("extra") or {})
+    reproduce = training.get("command") or (recipe.command() if recipe else "not recorded")
+    if isinstance(stored.get("recipe"), dict):
+        options = stored["recipe"]
+    elif recipe is not None:  # the options `reproduce` runs with
+        options = {"name": recipe.name, **PLAIN_DEFAULTS, **recipe.options}
+    else:
+        options = _recipe_options(args, recipe)
+    path = Path(meta.get("path") or args.model)
+    name = args.name or (recipe.name if recipe else path.stem)
+    card = build_card(name=name, meta=meta, data=src.description, reproduce=reproduce, recipe=options,
+                      training=training, validation=validation, written_by=f"fastpose evaluate-card "
+                      f"(fastpose {_version()}); the model file is unchanged",
+                      kinds=recipe.kinds if recipe else None)
+    out = Path(args.out) if args.out else path.with_suffix(".json")
+    write_card(out, card)
+    log.info("wrote %s", out)
     return 0

@@ -1,7 +1,12 @@
 """Training data: image/mask pairs from folders or memory, with cached heat-diffusion flow targets.
 
 Images are stored channels-first, percentile-normalised (1st -> 0, 99th -> 1, as at inference) and
-brought to the network's channel count.  Masks are renumbered 1..N.  Flow targets
+brought to the network's channel count by :func:`fastpose.transforms.to_channels_first`, the function
+segmentation uses: axes are never guessed (a 2D array is (Y, X); a 3D array needs ``channel_axis``).
+Masks are renumbered 1..N (:func:`fastpose.labels.relabel_sequential`).
+
+A folder can be split into training and held-out images by a hash of the image id
+(:func:`heldout_by_hash`), so the split is fixed by the file names alone.  Flow targets
 (``fastpose.core.masks_to_flows``) are computed once and cached in an ``.npz`` next to the mask file (or
 in ``cache_dir``) keyed by a SHA-1 of the renumbered masks, so a second run starts at once and a changed
 mask file is recomputed.
@@ -14,12 +19,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..labels import median_diameter, relabel_sequential
+from ..transforms import normalize_percentile, to_channels_first
+
 __all__ = ["TrainData", "compute_flow_targets", "renumber", "load_folder", "from_arrays", "as_train_data",
-           "to_chw"]
+           "prepare_image", "image_kind", "heldout_by_hash", "folder_ids"]
 
 log = logging.getLogger("fastpose.train")
 
@@ -33,9 +41,12 @@ class TrainData:
     Attributes:
         images: float32 [C, Y, X] normalised images.
         masks: int32 [Y, X] labels 1..N.
-        flows: float32 [2, Y, X] unit flow targets (dY, dX) of ``masks``.
+        flows: float32 [2, Y, X] unit flow targets (dY, dX) of ``masks`` (None when loaded with
+            ``flows=False``, for evaluation only).
         diameters: median (area-equivalent) cell diameter of each image, pixels.
-        names: a name per image (file stem or index) for log messages.
+        names: a name per image (the image id: file stem less ``img_filter``, or "image <index>").
+        kinds: the kind of each input image before channel handling: "grey" (one channel), "rgb" (three
+            or four channels) or "<n>ch"; evaluation reports scores per kind.
         n_computed / n_cached: flow targets computed vs read from the cache when loading.
     """
 
@@ -44,6 +55,7 @@ class TrainData:
     flows: List[np.ndarray] = field(default_factory=list)
     diameters: List[float] = field(default_factory=list)
     names: List[str] = field(default_factory=list)
+    kinds: List[str] = field(default_factory=list)
     n_computed: int = 0
     n_cached: int = 0
 
@@ -57,18 +69,14 @@ class TrainData:
 
 
 def renumber(masks: np.ndarray) -> np.ndarray:
-    """Labels as int32 1..N in order of their values (0 stays background)."""
+    """Labels as int32 1..N in order of their values (0 stays background); float masks must hold integers."""
     m = np.asarray(masks)
     if m.dtype.kind not in "iub":
         if m.dtype.kind == "f" and np.all(m == np.round(m)):
             m = m.astype(np.int64)
         else:
             raise ValueError(f"masks must hold integer labels, got dtype {m.dtype}")
-    uniq, inv = np.unique(m, return_inverse=True)
-    inv = inv.reshape(m.shape).astype(np.int32)
-    if uniq.size and uniq[0] != 0:
-        inv += 1
-    return inv
+    return relabel_sequential(m)[0]
 
 
 def compute_flow_targets(masks: np.ndarray) -> np.ndarray:
@@ -78,36 +86,45 @@ def compute_flow_targets(masks: np.ndarray) -> np.ndarray:
     return np.asarray(fc.masks_to_flows(np.ascontiguousarray(masks, dtype=np.int32)), dtype=np.float32)
 
 
-def _median_diameter(masks: np.ndarray) -> float:
-    from ..pipeline import median_diameter
+def prepare_image(img: np.ndarray, nchan: int, channel_axis: Optional[int] = None,
+                  channels: Optional[Sequence[int]] = None, grey: bool = False) -> np.ndarray:
+    """A 2D training image as float32 [nchan, Y, X], through :func:`fastpose.transforms.to_channels_first`.
 
-    return median_diameter(masks)
-
-
-def to_chw(img: np.ndarray, nchan: int, channel_axis: Optional[int] = None) -> np.ndarray:
-    """A 2D image as float32 [nchan, Y, X]: extra channels dropped, missing ones zero.
-
-    ``channel_axis`` names the channel axis of a 3D array; without it a small first axis (<= 4) is taken
-    as channels, else a small last axis.
+    A 2D array is (Y, X) whatever ``channel_axis`` says (a folder may mix grey and colour files); a 3D
+    array needs ``channel_axis`` (else the ValueError of ``to_channels_first``).  ``channels`` picks input
+    channels in order (default: the first ``nchan``; missing ones are zero).  ``grey`` averages the first
+    three selected channels (RGB; alpha dropped) into channel 0 and leaves the others zero, for a
+    one-channel model trained on a mix of grey and colour images.
     """
     a = np.asarray(img)
-    if a.ndim == 2:
-        a = a[None]
-    elif a.ndim == 3:
-        if channel_axis is None:
-            if a.shape[0] <= 4:
-                channel_axis = 0
-            elif a.shape[-1] <= 4:
-                channel_axis = 2
-            else:
-                raise ValueError(f"image of shape {a.shape}: cannot tell the channel axis; pass channel_axis")
-        a = np.moveaxis(a, channel_axis, 0)
-    else:
-        raise ValueError(f"training images must be 2D (optionally with channels), got shape {a.shape}")
-    out = np.zeros((nchan, *a.shape[1:]), np.float32)
-    k = min(nchan, a.shape[0])
-    out[:k] = a[:k]
+    ca = None if a.ndim == 2 else channel_axis
+    if not grey:
+        return to_channels_first(a, ca, None, channels, nchan, False)
+    if channels is not None:
+        n_in = len(channels)
+    else:  # every input channel (an out-of-range axis is reported by to_channels_first)
+        n_in = a.shape[ca] if ca is not None and -a.ndim <= ca < a.ndim else 1
+    x = to_channels_first(a, ca, None, channels, n_in, False)
+    out = np.zeros((nchan, *x.shape[1:]), np.float32)
+    out[0] = x[:3].mean(0)
     return out
+
+
+def image_kind(img: np.ndarray, channel_axis: Optional[int] = None) -> str:
+    """"grey" for a 2D array, "rgb" for 3 or 4 channels along ``channel_axis``, else "<n>ch"."""
+    a = np.asarray(img)
+    if a.ndim == 2 or channel_axis is None:
+        return "grey"
+    n = a.shape[channel_axis]
+    return "grey" if n == 1 else "rgb" if n in (3, 4) else f"{n}ch"
+
+
+def heldout_by_hash(image_id: str, every: int = 10) -> bool:
+    """True for the held-out images: those whose SHA-1 of the id is 0 modulo ``every`` (~1/every of them).
+
+    The split depends on the id alone, so adding or removing files never moves an image across it.
+    """
+    return every > 0 and int(hashlib.sha1(image_id.encode()).hexdigest(), 16) % every == 0
 
 
 def _mask_key(masks: np.ndarray) -> str:
@@ -148,9 +165,8 @@ def cached_flows(masks: np.ndarray, cache_file: Optional[Path]) -> Tuple[np.ndar
 
 
 def _add(data: TrainData, name: str, img: np.ndarray, masks: np.ndarray, nchan: int, normalize: bool,
-         min_masks: int, channel_axis: Optional[int], cache_file: Optional[Path]) -> None:
-    from ..pipeline import normalize_percentile
-
+         min_masks: int, channel_axis: Optional[int], cache_file: Optional[Path],
+         channels: Optional[Sequence[int]] = None, grey: bool = False, flows: bool = True) -> None:
     lab = renumber(masks)
     if lab.ndim != 2:
         raise ValueError(f"{name}: masks must be 2D, got shape {lab.shape}")
@@ -158,53 +174,55 @@ def _add(data: TrainData, name: str, img: np.ndarray, masks: np.ndarray, nchan: 
     if n < min_masks:
         log.info("skipping %s: %d mask(s) < min_masks=%d", name, n, min_masks)
         return
-    x = to_chw(img, nchan, channel_axis)
+    try:
+        x = prepare_image(img, nchan, channel_axis, channels, grey)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
     if x.shape[1:] != lab.shape:
         raise ValueError(f"{name}: image {x.shape[1:]} and masks {lab.shape} differ in size")
     if normalize:
         x = normalize_percentile(x)
     elif not np.isfinite(x).all():
         raise ValueError(f"{name}: image contains NaN or Inf")
-    flows, hit = cached_flows(lab, cache_file)
+    f, hit = cached_flows(lab, cache_file) if flows else (None, False)
     data.n_cached += int(hit)
-    data.n_computed += int(not hit)
+    data.n_computed += int(flows and not hit)
     data.images.append(x)
     data.masks.append(lab)
-    data.flows.append(flows)
-    data.diameters.append(_median_diameter(lab))
+    data.flows.append(f)
+    data.diameters.append(median_diameter(lab))
     data.names.append(name)
+    data.kinds.append(image_kind(img, None if np.ndim(img) == 2 else channel_axis))
 
 
 def from_arrays(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], nchan: int = 2, normalize: bool = True,
-                min_masks: int = 1, channel_axis: Optional[int] = None,
-                cache_dir: Optional[PathLike] = None) -> TrainData:
-    """Training data from in-memory images ([C, Y, X], [Y, X] or [Y, X, C]) and label images.
+                min_masks: int = 1, channel_axis: Optional[int] = 0, cache_dir: Optional[PathLike] = None,
+                channels: Optional[Sequence[int]] = None, grey: bool = False,
+                names: Optional[Sequence[str]] = None, flows: bool = True) -> TrainData:
+    """Training data from in-memory images and label images.
 
-    With ``cache_dir`` the flow targets are cached there, one ``<sha1 of masks>.npz`` per image.
+    Images are [Y, X] or, by default, channels-first [C, Y, X] (``channel_axis=0``; pass ``-1`` for
+    [Y, X, C]).  ``channels``/``grey``: see :func:`prepare_image`.  With ``cache_dir`` the flow targets
+    are cached there, one ``<sha1 of masks>.npz`` per image; ``flows=False`` skips them (evaluation data).
     """
     if len(images) != len(masks):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
     data = TrainData()
     for i, (img, m) in enumerate(zip(images, masks)):
         cache = None
-        if cache_dir is not None:
+        if cache_dir is not None and flows:
             cache = Path(cache_dir) / f"{_mask_key(renumber(m))}.npz"
-        _add(data, f"image {i}", img, m, nchan, normalize, min_masks, channel_axis, cache)
+        name = names[i] if names is not None else f"image {i}"
+        _add(data, name, img, m, nchan, normalize, min_masks, channel_axis, cache, channels, grey, flows)
     log.info("training data: %d of %d images (%d flow targets computed, %d cached)", len(data), len(images),
              data.n_computed, data.n_cached)
     return data
 
 
-def load_folder(folder: PathLike, nchan: int = 2, img_filter: str = "_img", mask_filter: str = "_masks",
-                min_masks: int = 1, normalize: bool = True, channel_axis: Optional[int] = None,
-                cache_dir: Optional[PathLike] = None) -> TrainData:
-    """Load ``*{img_filter}.tif`` images with their ``*{mask_filter}.tif`` masks (Cellpose convention).
-
-    ``img_filter=""`` takes every TIFF that is not a mask.  Flow targets are cached as
-    ``<mask stem>_flows.npz`` next to the masks, or in ``cache_dir``.
-    """
-    from ..io import read_image
-
+def folder_ids(folder: PathLike, img_filter: str = "_img", mask_filter: str = "_masks"
+               ) -> List[Tuple[Path, Path, str]]:
+    """``(image path, mask path, image id)`` of every ``*{img_filter}.tif`` with a ``*{mask_filter}.tif``
+    in ``folder``, sorted by file name (the id is the stem less ``img_filter``)."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
@@ -223,10 +241,36 @@ def load_folder(folder: PathLike, nchan: int = 2, img_filter: str = "_img", mask
         pairs.append((p, mask, stem))
     if not pairs:
         raise ValueError(f"{root}: no *{img_filter}.tif images with *{mask_filter}.tif masks")
+    return pairs
+
+
+def load_folder(folder: PathLike, nchan: int = 2, img_filter: str = "_img", mask_filter: str = "_masks",
+                min_masks: int = 1, normalize: bool = True, channel_axis: Optional[int] = None,
+                cache_dir: Optional[PathLike] = None, channels: Optional[Sequence[int]] = None,
+                grey: bool = False, select: Optional[Callable[[str], bool]] = None,
+                limit: Optional[int] = None, flows: bool = True) -> TrainData:
+    """Load ``*{img_filter}.tif`` images with their ``*{mask_filter}.tif`` masks (Cellpose convention).
+
+    ``img_filter=""`` takes every TIFF that is not a mask.  Images are 2D (Y, X) or, with
+    ``channel_axis``, multichannel 2D (no guessing: a 3D file without ``channel_axis`` is an error);
+    ``channels``/``grey``: see :func:`prepare_image`.  ``select(image_id)`` keeps only the images it
+    returns True for (e.g. a held-out split, :func:`heldout_by_hash`); ``limit`` keeps the first that many
+    of those.  Flow targets are cached as ``<mask stem>_flows.npz`` next to the masks, or in ``cache_dir``;
+    ``flows=False`` skips them (evaluation data: nothing is written).
+    """
+    from ..io import read_image
+
+    root = Path(folder)
+    pairs = [p for p in folder_ids(root, img_filter, mask_filter) if select is None or select(p[2])]
+    if limit is not None:
+        pairs = pairs[:limit]
+    if not pairs:
+        raise ValueError(f"{root}: no images selected")
     data = TrainData()
     for img_p, mask_p, stem in pairs:
         cache = (Path(cache_dir) if cache_dir is not None else mask_p.parent) / f"{mask_p.stem}_flows.npz"
-        _add(data, stem, read_image(img_p), read_image(mask_p), nchan, normalize, min_masks, channel_axis, cache)
+        _add(data, stem, read_image(img_p), read_image(mask_p), nchan, normalize, min_masks, channel_axis, cache,
+             channels, grey, flows)
     log.info("%s: %d of %d images (%d flow targets computed, %d cached)", root, len(data), len(pairs),
              data.n_computed, data.n_cached)
     return data

@@ -3,7 +3,7 @@
 Fitted after training on styles of randomly rescaled training crops (``scale_range=1``: 0.5x-1.5x, no
 diameter normalisation) with targets ``log(diam * scale) - log(diam_mean)``.  Stored in the model file
 as ``{"A": list, "smean": list, "ymean": float, "diam_mean": float}``; the estimate for a style ``s`` is
-``exp(A @ (s - smean) + log(diam_mean) + ymean)`` (what :meth:`fastpose.pipeline.Segmenter.estimate_diameter`
+``exp(A @ (s - smean) + log(diam_mean) + ymean)`` (what :meth:`fastpose.Segmenter.estimate_diameter`
 computes).
 """
 
