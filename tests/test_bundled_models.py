@@ -1,28 +1,47 @@
 """The bundled models load and segment with accuracy above floors measured when they were trained
-(regression guards: a broken loader, pipeline or weight file drops far below them)."""
+(regression guards: a broken loader, pipeline or weight file drops far below them), and their cards are
+the output of ``fastpose evaluate-card`` / ``fastpose train --recipe``, not hand-written."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fastpose.io import read_image, sample_paths
 from fastpose.metrics import average_precision
 from fastpose.models import BUILTIN_MODELS, load_model
-from fastpose.pipeline import Segmenter
+from fastpose import Segmenter
 
 
 @pytest.mark.parametrize("name", ["nuclei", "cyto"])
 def test_bundled_model_files_and_cards(name):
+    from fastpose.train.evaluate import DEFAULT_MODES
+    from fastpose.train.recipes import RECIPES
+
     path = Path(BUILTIN_MODELS[name])
     assert path.is_file() and path.stat().st_size < 15e6
     card = json.loads(path.with_suffix(".json").read_text())
-    assert card["model"] == name and "validation" in card and "training" in card
     net, meta = load_model(name)
     assert meta["size_model"] is not None and meta["diam_mean"] in (17.0, 30.0)
+    # every field comes from code: the evaluator's layout, the model file's own metadata and training record
+    assert set(card) >= {"card_version", "model", "data", "diam_mean", "diam_labels", "nbase", "reproduce", "recipe",
+                         "training", "validation", "written_by"}
+    assert card["model"] == name and card["written_by"].startswith("fastpose ")
+    assert card["diam_mean"] == meta["diam_mean"] and card["diam_labels"] == pytest.approx(meta["diam_labels"])
+    assert card["nbase"] == meta["arch"]["nbase"]
+    assert card["reproduce"] == RECIPES[name].command() and card["recipe"]["name"] == name
+    stored = meta["extra"]["card"]  # the training record written into the file when it was trained
+    assert {k: card["training"][k] for k in stored["training"]} == stored["training"]
+    assert card["training"]["device"] == stored["device"] and card["training"]["trainer"]
+    v = card["validation"]
+    assert set(DEFAULT_MODES) <= set(v) and v["evaluated"]["command"].startswith(f"fastpose evaluate-card {name}")
+    for mode in DEFAULT_MODES:
+        assert 0 < v[mode]["ap50_mean"] <= 1 and v[mode]["images"] == 50 + (name == "nuclei")
+    if name == "nuclei":
+        kinds = v["label_diameter"]["by_kind"]
+        assert (kinds["grey"]["images"], kinds["rgb"]["images"]) == (42, 9)
 
 
 def test_nuclei_on_bundled_sample():
@@ -41,3 +60,25 @@ def test_cyto_on_synthetic_cells():
     r = Segmenter("cyto", device="cpu").segment(img, channel_axis=0)
     # measured: AP@0.5 1.0 on this image (0.93-1.0 over seeds 123..125)
     assert average_precision(gt, r.masks, [0.5])[0][0, 0] >= 0.9
+
+
+def test_evaluate_card_on_bundled_cyto(tmp_path):
+    """evaluate-card on a file that predates ``fastpose train --recipe`` (training record in extra["card"])."""
+    import argparse
+
+    from fastpose.train.cli import add_parser
+
+    parser = argparse.ArgumentParser(prog="fastpose")
+    add_parser(parser.add_subparsers(dest="cmd"))
+    out = tmp_path / "cyto.json"
+    args = parser.parse_args(["evaluate-card", "cyto", "--recipe", "cyto", "--synthetic-cyto", "8", "--modes",
+                              "label_diameter", "--device", "cpu", "--training-note", "an earlier trainer",
+                              "--out", str(out)])
+    assert args.func(args) == 0
+    card = json.loads(out.read_text())
+    _, meta = load_model("cyto")
+    stored = meta["extra"]["card"]
+    assert card["training"] == {**stored["training"], "device": stored["device"], "recipe": stored["recipe"],
+                                "trainer": "an earlier trainer"}
+    assert card["data"].startswith("synthetic cells") and "8 train / 1 held-out" in card["data"]
+    assert card["validation"]["label_diameter"]["ap50_mean"] >= 0.9  # held-out image 8 of make_cyto_dataset(9)
