@@ -2,7 +2,8 @@
 
 Subcommands:
   segment  segment images (files, folders, globs) with a model; write masks and other outputs to --out
-  train    train or fine-tune a model on *_img.tif / *_masks.tif folders
+  train    train or fine-tune a model on *_img.tif / *_masks.tif folders (or a bundled model's --recipe)
+  evaluate-card  score a model on held-out images and write its JSON model card
   export   export a model to ONNX (optionally checked against PyTorch) and/or build a TensorRT engine
   info     what this installation can do (version, backend, CUDA, where the C++ package lives)
   demo     run the native core on the bundled sample: flow targets from its masks -> compute_masks ->

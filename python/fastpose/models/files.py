@@ -178,8 +178,12 @@ def _plain(obj: Any, where: str) -> Any:
     """Convert metadata to types that ``torch.load(weights_only=True)`` accepts."""
     if isinstance(obj, np.generic):  # before the float check: np.float64 subclasses float
         return obj.item()
-    if obj is None or isinstance(obj, (bool, int, float, str)):
+    if obj is None or type(obj) in (bool, int, float, str):
         return obj
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, (int, float, str)):  # subclasses (IntEnum, torch's TorchVersion, ...) as the plain type:
+        return (int if isinstance(obj, int) else float if isinstance(obj, float) else str)(obj)  # weights_only
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, torch.Tensor):

@@ -307,13 +307,13 @@ def run_card(args: argparse.Namespace) -> int:
     from ..models import load_model
     from .card import build_card, training_record, write_card
     from .evaluate import evaluate_heldout
-    from .loop import _resolve_device
+    from .loop import resolve_device
     from .recipes import load_sources
 
     given = dict(vars(args))
     recipe = _resolve(args)
     cmd = command_line("fastpose evaluate-card", given, (args.model,))
-    dev = _resolve_device(args.device)
+    dev = resolve_device(args.device)
     net, meta = load_model(args.model, device="cpu")
     src = load_sources(args, int(net.nchan), which=("heldout",), recipe=recipe)
     if src.heldout is None or not len(src.heldout):

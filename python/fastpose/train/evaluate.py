@@ -38,7 +38,7 @@ DEFAULT_MODES = ("label_diameter", "estimated_diameter", "label_diameter_flip_tt
 THRESHOLDS = (0.5, 0.75, 0.9)
 
 
-def _is_vit(model: nn.Module) -> bool:
+def is_vit(model: nn.Module) -> bool:
     return hasattr(model, "arch") and callable(model.arch) and model.arch().get("type") == "vit"
 
 
@@ -71,7 +71,7 @@ def segment_data(seg: Any, model: nn.Module, data: TrainData, label_diameter: bo
                  augment: bool = False) -> Tuple[List[np.ndarray], List[float]]:
     """Masks of every image of ``data`` (normalised [C, Y, X]) and the diameter each was segmented at."""
     # a ViT takes exactly img_size tiles; the Segmenter tiles smaller images at their own size
-    min_side = int(getattr(model, "img_size", 0)) if _is_vit(model) else 0
+    min_side = int(getattr(model, "img_size", 0)) if is_vit(model) else 0
     preds, diams = [], []
     for img, d in zip(data.images, data.diameters):
         r = seg.segment(_pad_to(img, min_side), channel_axis=0, normalize=False, augment=augment,

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .batches import BatchMaker, auto_workers, batch_tasks, iter_batches, make_batch
 from .data import as_train_data
-from .evaluate import _is_vit, evaluate_ap
+from .evaluate import is_vit, evaluate_ap
 from .size_model import train_size_model
 
 __all__ = ["TrainResult", "train", "lr_schedule", "budget_lr", "seg_loss", "make_optimizer", "evaluate_ap",
@@ -124,7 +124,7 @@ def make_optimizer(model: nn.Module, kind: str, lr: Optional[float] = None, weig
         wd = 1e-5 if weight_decay is None else weight_decay
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd), lr
     if kind == "adamw":
-        vit = _is_vit(model)
+        vit = is_vit(model)
         lr = (5e-5 if vit else 5e-3) if lr is None else lr
         wd = (0.1 if vit else 1e-4) if weight_decay is None else weight_decay
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd), lr
@@ -137,7 +137,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _resolve_device(device: Union[str, torch.device]) -> torch.device:
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -212,12 +212,12 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
 
     from ..models import DEFAULT_NORMALIZE, load_model, save_model
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     fine_tune = not isinstance(model, nn.Module)
     if fine_tune:
         model, _ = load_model(model, device="cpu")
     nchan = int(model.nchan)
-    vit = _is_vit(model)
+    vit = is_vit(model)
     tile = int(tile or (getattr(model, "img_size", 256) if vit else 224))
     rescale = (not vit) if rescale is None else bool(rescale)
     timed = time_budget is not None
