@@ -278,7 +278,8 @@ def test_time_budget_with_workers_channels_last_and_compile(tmp_path, cyto):
     assert info["steps"] == len(res.history) >= 1 and info["samples"] == 2 * info["steps"]  # 1 step per epoch
     assert (info["compile"], info["channels_last"], info["workers"], info["time_budget"]) == ("eager", True, 1, 2.0)
     lrs = [h["lr"] for h in res.history]
-    assert lrs[0] < 0.05 / 2 and max(lrs) <= 0.05 and np.isfinite(info["final_loss"])  # first step in the warm-up
+    # where in the schedule a step lands depends on the wall clock (budget_lr itself is tested above)
+    assert 0 < min(lrs) and max(lrs) <= 0.05 and np.isfinite(info["final_loss"])
     assert all(p.is_contiguous() for p in res.model.parameters())  # back to the plain layout
     net, meta = load_model(res.last_path)
     assert meta["extra"]["training"]["steps"] == info["steps"]
