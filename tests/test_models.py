@@ -20,6 +20,8 @@ from fastpose.models import (BUILTIN_MODELS, DEFAULT_NORMALIZE, FORMAT, VIT_PRES
                              load_model, save_model, to_three_channels)
 from fastpose.models.files import _infer_vit
 
+from compat.randomize import randomize_bn
+
 DATA = Path(__file__).resolve().parent / "data" / "models"
 
 # sum(p.numel() for p in cellpose.resnet_torch.CPnet([2, 32, 64, 128, 256], 3, 3).parameters()) with
@@ -31,16 +33,7 @@ CPSAM_STATE_NUMEL = 304_628_930
 
 def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Make BatchNorm stats/affine non-trivial so that loaders that drop them fail the tests."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(1.0 + torch.rand(n, generator=g))
-                m.weight.copy_(1.0 + 0.1 * torch.randn(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-    return model.eval()
+    return randomize_bn(model, torch.Generator().manual_seed(seed)).eval()
 
 
 def _randomize_vit(model: ViT, seed: int = 0) -> ViT:

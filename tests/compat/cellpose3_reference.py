@@ -23,6 +23,7 @@ import tifffile
 import torch
 from cellpose import models, version
 from cellpose.resnet_torch import CPnet
+from randomize import randomize_bn  # beside this script
 
 NETS = {"default": [2, 32, 64, 128, 256], "narrow": [1, 8, 16, 32]}
 DIAMETERS = (17.0, 25.0)
@@ -34,14 +35,8 @@ def fresh_cpnets(out: Path) -> list:
         torch.manual_seed(3 + k)
         net = CPnet(list(nbase), 3, 3, diam_mean=21.0)
         g = torch.Generator().manual_seed(5 + k)
-        with torch.no_grad():  # BatchNorm statistics a loader must not drop
-            for m in net.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    n = m.num_features
-                    m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                    m.running_var.copy_(1.0 + torch.rand(n, generator=g))
-                    m.weight.copy_(1.0 + 0.1 * torch.randn(n, generator=g))
-                    m.bias.copy_(0.1 * torch.randn(n, generator=g))
+        randomize_bn(net, g)  # BatchNorm statistics a loader must not drop
+        with torch.no_grad():
             net.diam_labels.fill_(19.5)
         net.eval()
         net.save_model(str(out / f"cpnet_{name}.pth"))

@@ -25,10 +25,11 @@ __all__ = ["stream"]
 
 log = logging.getLogger("fastpose.inference")
 
-#: options that run an image on its own (3D, stitching): the stream falls back to ``Segmenter.segment``
-_PER_IMAGE = ("do_3D", "stitch_threshold", "z_axis", "anisotropy")
+#: what the pooled path reads (the rest of ``Segmenter.segment``'s options run images one at a time)
 _STREAM_ARGS = ("channel_axis", "channels", "diameter", "augment", "tile_overlap", "normalize", "invert",
-                "return_flows")
+                "return_flows", "flow_threshold", "cellprob_threshold", "min_size", "niter")
+#: volume options: accepted when off ("do_3D": False, ...), else the stream falls back to ``Segmenter.segment``
+_VOLUME_ARGS = ("do_3D", "stitch_threshold", "z_axis", "anisotropy")
 
 
 def _load(item: Any) -> Any:
@@ -48,8 +49,7 @@ def stream(seg: Any, images: Iterable[Any], params: Dict[str, Any], return_error
     if per_image:
         yield from _one_by_one(seg, images, p, return_errors)
         return
-    unknown = set(p) - set(_STREAM_ARGS) - {"flow_threshold", "cellprob_threshold", "min_size", "niter"} \
-        - set(_PER_IMAGE)
+    unknown = set(p) - set(_STREAM_ARGS) - set(_VOLUME_ARGS)
     if unknown:
         raise TypeError(f"unexpected arguments {sorted(unknown)}")
     seg.check_options(p["tile_overlap"], None, 0.0)
@@ -125,7 +125,7 @@ def _pooled(seg: Any, images: Iterable[Any], p: Dict[str, Any], return_errors: b
                 raise
             return e
 
-    def recover(out: Any, slots: List[Any], ready: Any) -> List[Any]:
+    def recover(out: Any, slots: List[Any]) -> List[Any]:
         results: List[Any] = []
         it = iter(range(0 if out is None or isinstance(out, Exception) else out[0].shape[0]))
         for slot in slots:
@@ -146,11 +146,9 @@ def _pooled(seg: Any, images: Iterable[Any], p: Dict[str, Any], return_errors: b
         return results
 
     def recover_on_side(out: Any, slots: List[Any], ready: Any) -> List[Any]:
-        if side is None:
-            return recover(out, slots, ready)
         with torch.cuda.stream(side):
             side.wait_event(ready)
-            return recover(out, slots, ready)
+            return recover(out, slots)
 
     if on_gpu:
         held: Optional[Tuple[Any, List[Any], Any]] = None
@@ -168,7 +166,7 @@ def _pooled(seg: Any, images: Iterable[Any], p: Dict[str, Any], return_errors: b
         pending: Optional[cf.Future] = None
         for xb, slots in groups():
             out = network(xb)
-            fut = pool.submit(recover, out, slots, None)
+            fut = pool.submit(recover, out, slots)
             if pending is not None:
                 yield from pending.result()
             pending = fut
