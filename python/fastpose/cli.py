@@ -8,20 +8,82 @@ Subcommands:
   info     what this installation can do (version, backend, CUDA, where the C++ package lives)
   demo     run the native core on the bundled sample: flow targets from its masks -> compute_masks ->
            write ``*_masks.tif`` and report how well the masks came back
+
+Exit status:
+  0    everything asked for was done
+  1    some inputs failed (each reported; the others' outputs are complete), or export --check mismatched
+  2    usage or setup error (a bad flag value, no inputs, colliding output names, an unwritable --out, a
+       model that cannot be loaded...): one sentence on stderr, nothing segmented
+  130  interrupted by Ctrl-C (SIGINT); 143: terminated (SIGTERM).  Finished inputs are complete, temporary
+       files are removed; resume with ``fastpose segment --skip-existing``
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
+import re
+import signal
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from . import checks
+from .outputs import KINDS_2D, OUTPUT_FILES, OUTPUT_KINDS, RECORD_SUFFIX
+
 log = logging.getLogger("fastpose")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+
+#: bound on --anisotropy (the Z step over the XY pixel size; volumes are resized by it along Z)
+MAX_ANISOTROPY = 100.0
+
+
+class UsageError(ValueError):
+    """A bad command line or setup (exit status 2): the message is one sentence for the user."""
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by the SIGTERM handler (a BaseException, like KeyboardInterrupt, so that
+    ``except Exception`` does not swallow it and :func:`fastpose.io.atomic_write` removes its temp file)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+# Python parameter names that deeper code puts in its messages, and the flags the user knows them by.
+# Names with an underscore never occur in prose and are always replaced; plain words only as ``name=``.
+_FLAGS = {"channel_axis": "--channel-axis", "z_axis": "--z-axis", "do_3D": "--do-3d",
+          "stitch_threshold": "--stitch-threshold", "flow_threshold": "--flow-threshold",
+          "cellprob_threshold": "--cellprob-threshold", "min_size": "--min-size", "batch_size": "--batch-size",
+          "tile_norm": "--tile-norm", "workspace_gb": "--workspace-gb", "channels": "--channels",
+          "diameter": "--diameter", "anisotropy": "--anisotropy", "niter": "--niter", "tile": "--tile",
+          "opset": "--opset", "rtol": "--rtol", "precision": "--precision", "device": "--device"}
+_FLAG_RE = re.compile(r"\b(" + "|".join(sorted(_FLAGS, key=len, reverse=True)) + r")\b(=(\[[^\]]*\]|[^\s,;:)]*))?")
+
+
+def flag_names(message: str) -> str:
+    """``message`` with the Python parameter names of :data:`_FLAGS` replaced by their command-line flags:
+    ``channel_axis=5 is out of range`` -> ``--channel-axis 5 is out of range``."""
+
+    def sub(m: re.Match) -> str:
+        name, eq, value = m.group(1), m.group(2), m.group(3)
+        if "_" not in name and not eq:
+            return m.group(0)
+        flag = _FLAGS[name]
+        if not value or (name == "do_3D" and value == "True"):
+            return flag
+        return f"{flag} {value}"
+
+    return _FLAG_RE.sub(sub, message)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -36,11 +98,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import fastpose.core as fc
+
     from .io import read_image, sample_paths, write_tiff_atomic
 
     if args.device != "auto":
         fc.set_backend(args.device)
     img_path, mask_path = sample_paths()
+    out = Path(args.out)
+    check_out_folder(out)
     truth = read_image(mask_path).astype(np.int32)
     log.info("sample %s: %s, %d nuclei; backend %s", img_path.name, truth.shape, truth.max(), fc.backend())
     t0 = time.perf_counter()
@@ -49,7 +114,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     prob = np.where(truth > 0, 5.0, -5.0).astype(np.float32)
     masks = fc.compute_masks(dP, prob)
     t2 = time.perf_counter()
-    out = Path(args.out)
     stem = img_path.name[: -len("_img.tif")]
     write_tiff_atomic(out / f"{stem}_flows.tif", dP.astype(np.float32))
     dest = write_tiff_atomic(out / f"{stem}_masks.tif", masks)
@@ -60,41 +124,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------
+# inputs: which files, and where each one's outputs go
+# ------------------------------------------------------------------------------------------------
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy")
 OUTPUT_MARKERS = ("_masks", "_flows", "_seg", "_outlines", "_cp_masks")
+#: ends of file names that fastpose (or Cellpose) writes: never taken as inputs from a folder or glob
+_OUTPUT_ENDS = tuple(OUTPUT_FILES.values()) + (RECORD_SUFFIX, "_cp_outlines.txt")
 
 
-def find_inputs(inputs: List[str], recursive: bool) -> List[Path]:
-    """Expand files, folders and glob patterns into a sorted, de-duplicated list of image files.
+@dataclass(frozen=True)
+class InputFile:
+    """One input image and the folder, relative to --out, that its outputs go to."""
 
-    Files that look like fastpose/Cellpose outputs (``*_masks.tif``, ``*_seg.npy``...) are skipped when
-    they come from a folder or glob; a file named explicitly is always taken.
-    """
-    import glob
+    path: Path
+    rel: Path = Path(".")
 
-    found: List[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_file():
-            found.append(p)
-            continue
-        if p.is_dir():
-            it = p.rglob("*") if recursive else p.glob("*")
-            cands = [q for q in it if q.is_file()]
-        else:
-            cands = [Path(q) for q in glob.glob(item, recursive=recursive) if Path(q).is_file()]
-            if not cands:
-                raise FileNotFoundError(f"{item}: no such file, folder or matching files")
-        for q in cands:
-            if q.suffix.lower() in IMAGE_SUFFIXES and not any(q.stem.endswith(m) for m in OUTPUT_MARKERS):
-                found.append(q)
-    seen, out = set(), []
-    for q in sorted(found):
-        r = q.resolve()
-        if r not in seen:
-            seen.add(r)
-            out.append(q)
-    return out
+    @property
+    def stem(self) -> str:
+        """The outputs' name stem: the file name less its suffix and a trailing ``_img``."""
+        return _stem(self.path)
 
 
 def _stem(p: Path) -> str:
@@ -103,35 +153,260 @@ def _stem(p: Path) -> str:
         if s.lower().endswith(suf):
             s = s[: -len(suf)]
             break
-    return s[: -len("_img")] if s.endswith("_img") else s
+    return s.removesuffix("_img")
+
+
+def _looks_like_output(q: Path) -> bool:
+    from .io import is_temp_file
+
+    name = q.name.lower()
+    if q.suffix.lower() in IMAGE_SUFFIXES and any(q.stem.endswith(m) for m in OUTPUT_MARKERS):
+        return True
+    return name.endswith(_OUTPUT_ENDS) or is_temp_file(q)
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob pattern is rooted at: its leading parts without wildcards."""
+    import glob
+
+    parts = Path(pattern).parts
+    root: List[str] = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        root.append(part)
+    return Path(*root) if root else Path(".")
+
+
+def _within(q: Path, folder: Optional[Path]) -> bool:
+    if folder is None:
+        return False
+    try:
+        q.resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _names(paths: Sequence[Path], n: int = 5) -> str:
+    shown = ", ".join(p.name for p in paths[:n])
+    return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def collect_inputs(inputs: Sequence[str], recursive: bool, out: Optional[Path] = None) -> List[InputFile]:
+    """Expand files, folders and glob patterns into a sorted, de-duplicated list of :class:`InputFile`.
+
+    Each file's outputs go to the path of its folder relative to the folder (or the glob's leading folder)
+    it was found under, inside --out; a file named explicitly has its outputs in --out itself.  From a
+    folder or glob, files that are not images (suffix other than .tif/.tiff/.npy) and files that look like
+    outputs (``*_masks.tif``, ``*_seg.npy``, ``*.fastpose.json``..., or anything inside ``out``) are skipped,
+    each group reported in one log line; a file named explicitly is always taken.
+    """
+    import glob
+
+    out_r = out.resolve() if out is not None and out.exists() else None
+    found: List[InputFile] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file():
+            found.append(InputFile(p))
+            continue
+        if p.is_dir():
+            root = p
+            cands = sorted(q for q in (p.rglob("*") if recursive else p.glob("*")) if q.is_file())
+        else:
+            root = _glob_root(item)
+            cands = sorted(Path(q) for q in glob.glob(item, recursive=recursive) if Path(q).is_file())
+            if not cands:
+                raise FileNotFoundError(f"{item}: no such file, folder or matching files")
+        not_images: List[Path] = []
+        outputs: List[Path] = []
+        for q in cands:
+            if _looks_like_output(q) or _within(q, out_r):
+                outputs.append(q)
+            elif q.suffix.lower() not in IMAGE_SUFFIXES:
+                not_images.append(q)
+            else:
+                rel = Path(os.path.relpath(q.parent.resolve(), root.resolve()))
+                found.append(InputFile(q, Path(".") if rel.parts[:1] == ("..",) else rel))
+        if not_images:
+            log.info("%s: skipped %d file(s) that are not images (%s): %s", item, len(not_images),
+                     "/".join(IMAGE_SUFFIXES), _names(not_images))
+        if outputs:
+            log.info("%s: skipped %d file(s) that look like segmentation outputs: %s", item, len(outputs),
+                     _names(outputs))
+    seen, result = set(), []
+    for f in sorted(found, key=lambda f: str(f.path)):
+        r = f.path.resolve()
+        if r not in seen:
+            seen.add(r)
+            result.append(f)
+    return result
+
+
+def find_inputs(inputs: List[str], recursive: bool) -> List[Path]:
+    """The image files of :func:`collect_inputs` (files, folders, glob patterns), sorted and de-duplicated."""
+    return [f.path for f in collect_inputs(inputs, recursive)]
+
+
+def check_unique_outputs(files: Sequence[InputFile]) -> None:
+    """Raise :class:`UsageError` naming the inputs that would write the same output names (same folder under
+    --out and same stem, compared without case so outputs survive a copy to a case-insensitive disk)."""
+    by_key: Dict[str, List[InputFile]] = {}
+    for f in files:
+        by_key.setdefault(str(f.rel / f.stem).casefold(), []).append(f)
+    clashes = [g for g in by_key.values() if len(g) > 1]
+    if not clashes:
+        return
+    lines = []
+    for g in clashes[:5]:
+        dest = g[0].rel / f"{g[0].stem}_*"
+        lines.append(f"{' and '.join(str(f.path) for f in g)} would all write {dest}")
+    more = f" (and {len(clashes) - 5} more clashes)" if len(clashes) > 5 else ""
+    raise UsageError(f"{len(clashes)} output name clash(es), nothing segmented: {'; '.join(lines)}{more}. "
+                     "Outputs are named <stem>_<kind> (stem: the file name less its suffix and a trailing "
+                     "_img) in the input's folder relative to the folder given; rename or move one of each "
+                     "pair, segment them into separate --out folders, or give their common parent folder "
+                     "with --recursive so that the outputs mirror the subfolders")
+
+
+# ------------------------------------------------------------------------------------------------
+# the output folder: checked before the first image, leftovers of a killed run removed
+# ------------------------------------------------------------------------------------------------
+
+def check_out_folder(out: Path, subfolders: Sequence[Path] = ()) -> None:
+    """Create ``out`` (and its ``subfolders``) and prove each is writable by writing and deleting a probe
+    file; raise :class:`UsageError` with one sentence when that fails (a file where the folder should be, a
+    read-only folder, a full disk)."""
+    from .io import TEMP_MARK
+
+    for d in [out, *(out / s for s in subfolders if s != Path("."))]:
+        blocker = next((a for a in [d, *d.parents] if a.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UsageError(f"--out {out}: {blocker} is a file, not a folder; give a folder path "
+                             "(it is created if missing)")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot create the folder {d} ({e.strerror or e})") from None
+        try:
+            fd, probe = tempfile.mkstemp(prefix=f".probe{TEMP_MARK}", suffix=".tmp", dir=d)
+            try:
+                os.write(fd, b"fastpose write probe\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write in {d} ({e.strerror or e}); choose a folder you "
+                             "can write to") from None
+
+
+def _check_segment_flags(args: argparse.Namespace) -> None:
+    """Cross-flag rules of ``segment``, checked before the model is loaded."""
+    if args.do_3d and args.z_axis is None:
+        raise UsageError("--do-3d needs --z-axis (the axis of Z in the input volumes)")
+    if args.do_3d and args.stitch_threshold > 0:
+        raise UsageError("--do-3d (3D segmentation) and --stitch-threshold (2D planes linked across Z) exclude "
+                         "each other: give one of them")
+    if args.stitch_threshold > 0 and args.z_axis is None:
+        raise UsageError("--stitch-threshold needs --z-axis (the axis of Z in the input volumes)")
+    if args.z_axis is not None and not (args.do_3d or args.stitch_threshold > 0):
+        raise UsageError("--z-axis is given but neither --do-3d nor --stitch-threshold: add --do-3d for 3D "
+                         "segmentation or --stitch-threshold T (e.g. 0.5) to link 2D planes")
+    if args.anisotropy is not None and not args.do_3d:
+        raise UsageError("--anisotropy applies to --do-3d only")
+    if args.z_axis is not None and args.channel_axis is not None and args.z_axis == args.channel_axis:
+        raise UsageError(f"--channel-axis and --z-axis must differ, both are {args.z_axis}")
+    if args.no_norm and args.tile_norm:
+        raise UsageError("--no-norm and --tile-norm exclude each other: give one of them")
+
+
+# ------------------------------------------------------------------------------------------------
+# segment
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Batch:
+    """What a segment run did, for its summary."""
+
+    total: int = 0
+    done: int = 0
+    skipped_complete: int = 0
+    redone: int = 0
+    failed: Optional[List[str]] = None
+    finished: Optional[List[str]] = None
+
+    def __post_init__(self) -> None:
+        self.failed, self.finished = [], []
+
+
+def _summary(b: _Batch, interrupted: Optional[str] = None) -> None:
+    assert b.failed is not None and b.finished is not None
+    log.info("segmented %d of %d input(s); skipped %d as complete; redid %d incomplete; failed %d",
+             b.done, b.total, b.skipped_complete, b.redone, len(b.failed))
+    for f in b.failed:
+        log.info("failed: %s", f)
+    if interrupted:
+        left = b.total - b.skipped_complete - b.done - len(b.failed)
+        shown = ", ".join(b.finished[:20]) + (f" and {len(b.finished) - 20} more" if len(b.finished) > 20 else "")
+        log.error("%s: %d input(s) finished in this run (each complete, with its %s record)%s; %d not done: "
+                  "run the same command with --skip-existing to finish them", interrupted, len(b.finished),
+                  RECORD_SUFFIX, f": {shown}" if shown else "", left)
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .inference import Segmenter
-    from .io import read_image
-    from .outputs import write_outputs
+    from .io import read_image, remove_temp_files
+    from .outputs import record_status, remove_record, write_outputs, write_record
 
-    kinds = [k.strip() for k in args.save.split(",") if k.strip()]
-    files = find_inputs(args.inputs, args.recursive)
-    if not files:
-        log.error("no input images found in %s", " ".join(args.inputs))
-        return 2
+    _check_segment_flags(args)
+    kinds: List[str] = list(args.save)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [f for f in files if not (args.skip_existing and (out / f"{_stem(f)}_masks.tif").exists())]
-    skipped = len(files) - len(todo)
+    files = collect_inputs(args.inputs, args.recursive, out)
+    if not files:
+        raise UsageError(f"no input images (.tif, .tiff, .npy) found in {' '.join(args.inputs)}")
+    check_unique_outputs(files)
+    folders = sorted({f.rel for f in files})
+    check_out_folder(out, folders)
+    removed = sum(len(remove_temp_files(out / d)) for d in folders)
+    if removed:
+        log.info("removed %d temporary file(s) a killed run left in --out", removed)
+
+    b = _Batch(total=len(files))
+    todo: List[InputFile] = []
+    for f in files:
+        if args.skip_existing:
+            status, why = record_status(out / f.rel, f.stem, kinds, f.path)
+            if status == "complete":
+                b.skipped_complete += 1
+                continue
+            if status == "incomplete":
+                b.redone += 1
+                log.info("%s: redoing, outputs incomplete (%s)", f.path, why)
+        todo.append(f)
+    if args.skip_existing:
+        log.info("--skip-existing: %d input(s) complete, skipped; %d incomplete, redone; %d new",
+                 b.skipped_complete, b.redone, len(todo) - b.redone)
+    if not todo:
+        _summary(b)
+        return EXIT_OK
+
     seg = Segmenter(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size,
                     backend=args.backend)
     log.info("%d image(s); model %s on %s (core: %s)", len(todo), args.model, seg.device, seg.core_device)
-    kw = dict(channel_axis=args.channel_axis, z_axis=args.z_axis, channels=args.channels,
-              diameter=None if args.diameter is None else args.diameter, do_3D=args.do_3d,
-              anisotropy=args.anisotropy, stitch_threshold=args.stitch_threshold, augment=args.augment,
-              flow_threshold=args.flow_threshold, cellprob_threshold=args.cellprob_threshold,
-              min_size=args.min_size, niter=args.niter, invert=args.invert,
-              normalize=False if args.no_norm else ("tile" if args.tile_norm else True),
-              return_flows="seg_npy" in kinds)
+    kw: Dict[str, Any] = {
+        "channel_axis": args.channel_axis, "z_axis": args.z_axis, "channels": args.channels,
+        "diameter": args.diameter, "do_3D": args.do_3d, "anisotropy": args.anisotropy,
+        "stitch_threshold": args.stitch_threshold, "augment": args.augment, "flow_threshold": args.flow_threshold,
+        "cellprob_threshold": args.cellprob_threshold, "min_size": args.min_size, "niter": args.niter,
+        "invert": args.invert, "normalize": False if args.no_norm else ("tile" if args.tile_norm else True),
+        "return_flows": "seg_npy" in kinds}
     # images are read on the stream's worker threads; each is kept here until its outputs are written
     loaded: Dict[Path, np.ndarray] = {}
 
@@ -142,42 +417,66 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             return img
         return load
 
-    done = 0
-    failed: List[str] = []
-    results = seg.segment_many((loader(f) for f in todo), return_errors=True, **kw)
-    for f, res in tqdm(zip(todo, results), total=len(todo), desc="segment", unit="img",
-                       disable=args.quiet or None):
-        img = loaded.pop(f, None)
-        if isinstance(res, Exception):  # unreadable or unusable input: reported, the batch goes on
-            failed.append(str(f))
-            log.error("%s: %s", f, res)
-            continue
-        try:
-            write_outputs(out, _stem(f), kinds, img, res.masks, str(f), res.flows, res.cellprob, res.diameter)
-            done += 1
-            log.debug("%s: %d masks", f, int(res.masks.max()))
-        except (ValueError, OSError, RuntimeError) as e:
-            failed.append(str(f))
-            log.error("%s: %s", f, e)
-    log.info("segmented %d, skipped %d (existing), failed %d", done, skipped, len(failed))
-    for f in failed:
-        log.info("failed: %s", f)
-    return 1 if failed else 0
+    results: Iterator[Any] = seg.segment_many((loader(f.path) for f in todo), return_errors=True, **kw)
+    try:
+        for f, res in tqdm(zip(todo, results), total=len(todo), desc="segment", unit="img",
+                           disable=args.quiet or None):
+            img = loaded.pop(f.path, None)
+            if isinstance(res, Exception):  # unreadable or unusable input: reported, the batch goes on
+                b.failed.append(str(f.path))
+                log.error("%s: %s", f.path, flag_names(str(res)))
+                continue
+            dest = out / f.rel
+            try:
+                remove_record(dest, f.stem)  # incomplete until the new record is written, last
+                written = write_outputs(dest, f.stem, kinds, img, res.masks, str(f.path), res.flows,
+                                        res.cellprob, res.diameter)
+                write_record(dest, f.stem, kinds, written, f.path)
+            except (ValueError, OSError, RuntimeError) as e:
+                b.failed.append(str(f.path))
+                log.error("%s: cannot write its outputs: %s", f.path, flag_names(str(e)))
+                if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+                    log.error("stopping: --out %s cannot take more files (%s)", out, e.strerror)
+                    b.failed.extend(str(g.path) for g in todo[todo.index(f) + 1:])
+                    break
+                continue
+            b.done += 1
+            b.finished.append(str(f.path))
+            skipped_2d = [k for k in kinds if k in KINDS_2D] if res.masks.ndim != 2 else []
+            log.debug("%s: %d masks%s", f.path, int(res.masks.max()),
+                      f" (not for volumes: {', '.join(skipped_2d)})" if skipped_2d else "")
+    except (KeyboardInterrupt, Interrupted) as e:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+        for d in folders:
+            remove_temp_files(out / d)
+        _summary(b, "interrupted by Ctrl-C" if isinstance(e, KeyboardInterrupt) else str(e))
+        return EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else 128 + e.signum
+    _summary(b)
+    return EXIT_FAILED if b.failed else EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import tempfile
-
     from .deploy import check_onnx, export_onnx
     from .deploy.trt import export_engine, require_tensorrt
     from .models import load_model
 
     if not args.out and not args.engine:
-        raise ValueError("nothing to do: give --out MODEL.onnx, --engine MODEL.plan, or both")
+        raise UsageError("nothing to do: give --out MODEL.onnx, --engine MODEL.plan, or both")
     if args.engine:
+        if args.fixed_batch:
+            raise UsageError("--engine needs the dynamic batch axis (drop --fixed-batch)")
         require_tensorrt()  # fail before the export when TensorRT is missing
     elif args.precision != "fp16" or args.calib:
-        raise ValueError("--precision and --calib apply to --engine only")
+        raise UsageError("--precision and --calib apply to --engine only")
+    if args.precision in ("int8", "fp8") and not args.calib:
+        raise UsageError(f"--precision {args.precision} needs --calib TILES.npy (a calibration set)")
+    for flag, dest in (("--out", args.out), ("--engine", args.engine)):
+        if dest:
+            if Path(dest).is_dir():
+                raise UsageError(f"{flag} {dest} is a folder; give a file name")
+            check_out_folder(Path(dest).parent)
     net, _ = load_model(args.model)
     with tempfile.TemporaryDirectory(prefix="fastpose-export-") as tmp:
         onnx_path = Path(args.out) if args.out else Path(tmp) / "model.onnx"
@@ -187,15 +486,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
             res = check_onnx(net, onnx_path, rtol=args.rtol, raise_on_error=False)
             print(f"check (onnxruntime vs PyTorch fp32): {res}")
             if not res.ok:
-                return 1
+                return EXIT_FAILED
         if args.engine:
-            if args.fixed_batch:
-                raise ValueError("--engine needs the dynamic batch axis (drop --fixed-batch)")
             dest = export_engine(net, args.engine, precision=args.precision, tile=args.tile,
                                  max_batch=args.batch_size, opset=args.opset, calibration=args.calib,
                                  onnx_path=onnx_path, workspace_gb=args.workspace_gb)
             print(f"wrote {dest} (TensorRT, {args.precision}, batch 1..{args.batch_size})")
-    return 0
+    return EXIT_OK
 
 
 def _matched(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> int:
@@ -205,42 +502,81 @@ def _matched(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> int:
     return int((iou_pairs(a, b).iou > thr).sum())
 
 
+# ------------------------------------------------------------------------------------------------
+# the parser: every numeric flag checked at parse time, so argparse names the flag
+# ------------------------------------------------------------------------------------------------
+
+_num = checks.arg
+_SEGMENT_EPILOG = f"""\
+Outputs: <stem>_<kind> files in --out (<stem>: the input's name less its suffix and a trailing _img), plus
+<stem>{RECORD_SUFFIX}, the completion record written after every requested output: it lists the kinds,
+each file and its size, the input and the fastpose version.  Inputs found under a folder (--recursive) or
+a glob have their outputs in the same relative folder inside --out (in/A/x.tif -> OUT/A/x_masks.tif);
+files named explicitly have theirs in --out itself.  Two inputs that would still write the same names
+(a.tif and a.npy, a_img.tif and a.tif, A/x.tif and B/x.tif given as files or as two folders) are refused
+before any work, naming both.  Leftover temporary files of a killed run (.<name>.fastpose-*.tmp) are
+removed from --out at the start.
+
+--skip-existing resumes: an input is skipped only when its record is there, lists the kinds asked for (or
+more), was written for the same input file, and every file it lists has its recorded size; any other
+input with outputs (a killed run, a different --save, outputs of fastpose before records existed, i.e.
+masks without a record) is redone, and the summary counts both.
+
+Exit status: 0 all done; 1 some inputs failed (each named; the others are complete); 2 usage or setup
+error (nothing segmented); 130 Ctrl-C, 143 SIGTERM (finished inputs complete, temp files removed)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastpose", description="Fast Cellpose-family cell segmentation.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     s = sub.add_parser("segment", help="segment images with a model",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_SEGMENT_EPILOG,
                        description="Segment images (TIFF or .npy files, folders, glob patterns) and write the "
                                    "chosen outputs to --out, never next to the inputs. One unreadable file is "
                                    "reported and skipped; the exit status is 1 when any file failed.")
-    s.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    s.add_argument("--out", required=True, help="output folder (created if missing)")
+    s.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders or glob patterns (.tif, .tiff, .npy; other files in a folder are "
+                        "skipped and counted in one log line, as are files that look like outputs)")
+    s.add_argument("--out", required=True,
+                   help="output folder (created if missing; checked writable before the first image)")
     s.add_argument("--model", default="nuclei",
                    help="bundled model (nuclei: one channel, trained on DSB 2018; cyto: cells + optional "
                         "nuclear channel, trained on synthetic images) or a model file (fastpose or Cellpose "
                         "checkpoint); default: nuclei")
-    s.add_argument("--diameter", type=float, default=None,
-                   help="typical cell diameter in pixels; default: estimated with the model's size model "
-                        "(no resizing for models without one); 0 = no resizing")
-    s.add_argument("--channels", type=int, nargs="+", default=None, metavar="C",
+    s.add_argument("--diameter", type=_num(checks.number, lo=0.0, hi=checks.LIMITS["diameter"]), default=None,
+                   help=f"typical cell diameter in pixels, 0 to {checks.LIMITS['diameter']:g}; default: estimated "
+                        "with the model's size model (no resizing for models without one); 0 = no resizing")
+    s.add_argument("--channels", type=_num(checks.integer, lo=0), nargs="+", default=None, metavar="C",
                    help="0-based input channels fed to the network, in order (default: the first ones)")
-    s.add_argument("--channel-axis", type=int, default=None, help="axis of the channels (default: none)")
-    s.add_argument("--z-axis", type=int, default=None, help="axis of Z for volumes (default: none)")
+    s.add_argument("--channel-axis", type=_num(checks.integer, lo=-4, hi=3), default=None,
+                   help="axis of the channels, -4 to 3 (default: none)")
+    s.add_argument("--z-axis", type=_num(checks.integer, lo=-4, hi=3), default=None,
+                   help="axis of Z for volumes, -4 to 3 (default: none; needs --do-3d or --stitch-threshold)")
     s.add_argument("--do-3d", action="store_true", help="3D segmentation (needs --z-axis)")
-    s.add_argument("--anisotropy", type=float, default=None, help="Z step relative to the XY pixel size")
-    s.add_argument("--stitch-threshold", type=float, default=0.0,
-                   help="> 0: segment planes in 2D and link them across Z by IoU")
+    s.add_argument("--anisotropy", type=_num(checks.number, lo=0.0, lo_open=True, hi=MAX_ANISOTROPY),
+                   default=None, help=f"Z step relative to the XY pixel size, > 0 and <= {MAX_ANISOTROPY:g} "
+                                      "(with --do-3d; default 1)")
+    s.add_argument("--stitch-threshold", type=_num(checks.probability), default=0.0,
+                   help="in [0, 1]; > 0: segment planes in 2D and link them across Z by IoU (needs --z-axis; "
+                        "not with --do-3d)")
     s.add_argument("--augment", action="store_true", help="flip test-time augmentation (50%% tile overlap)")
-    s.add_argument("--flow-threshold", type=float, default=0.4, help="flow-error QC threshold (0 = off)")
-    s.add_argument("--cellprob-threshold", type=float, default=0.0, help="cell-probability logit threshold")
-    s.add_argument("--min-size", type=int, default=15, help="smallest mask kept, pixels (default 15)")
-    s.add_argument("--niter", type=int, default=None, help="Euler steps (default 200 at the model scale)")
+    s.add_argument("--flow-threshold", type=_num(checks.number, lo=0.0), default=0.4,
+                   help="flow-error QC threshold, >= 0 (default 0.4; 0 = off)")
+    s.add_argument("--cellprob-threshold", type=_num(checks.number), default=0.0,
+                   help="cell-probability logit threshold, any finite number (default 0)")
+    s.add_argument("--min-size", type=_num(checks.integer, lo=0), default=15,
+                   help="smallest mask kept, pixels, >= 0 (default 15)")
+    s.add_argument("--niter", type=_num(checks.integer, lo=1, hi=checks.LIMITS["niter"]), default=None,
+                   help=f"Euler steps of mask recovery, 1 to {checks.LIMITS['niter']} (default 200 at the model "
+                        "scale)")
     s.add_argument("--no-norm", action="store_true", help="skip 1st/99th percentile normalisation")
     s.add_argument("--tile-norm", action="store_true",
                    help="normalise per block of ~128 px (uneven illumination) instead of per image")
     s.add_argument("--invert", action="store_true", help="invert intensities after normalisation")
-    s.add_argument("--batch-size", type=int, default=8, help="tiles per network batch (default 8)")
+    s.add_argument("--batch-size", type=_num(checks.integer, lo=1, hi=1024), default=8,
+                   help="tiles per network batch, 1 to 1024 (default 8)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto (default): the GPU when one is usable")
     s.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
@@ -248,12 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
                    help="how the network runs: torch (default, eager), compile (torch.compile), onnxruntime "
                         "(cached ONNX export), tensorrt (cached engine; NVIDIA GPU + pip install 'fastpose[trt]')")
-    s.add_argument("--save", default="masks",
-                   help="comma-separated outputs: masks, outlines_png, outlines_txt, rois, seg_npy, csv "
-                        "(default: masks)")
-    s.add_argument("--recursive", action="store_true", help="search folders recursively")
+    s.add_argument("--save", type=checks.arg_list(checks.choice, options=list(OUTPUT_KINDS)), default="masks",
+                   help=f"comma-separated outputs, at least one of: {', '.join(OUTPUT_KINDS)} (default: masks; "
+                        f"{', '.join(KINDS_2D)} are not written for volumes)")
+    s.add_argument("--recursive", action="store_true",
+                   help="search folders (and ** in globs) recursively; outputs mirror the subfolders in --out")
     s.add_argument("--skip-existing", action="store_true",
-                   help="skip images whose *_masks.tif already exists in --out (resume)")
+                   help="resume: skip inputs whose outputs are complete (their completion record matches); "
+                        "redo incomplete ones, and outputs without a record (fastpose before records); "
+                        "see below")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_segment)
     from .train.cli import add_parser as _add_train
@@ -266,19 +605,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", metavar="MODEL", help="bundled model name (nuclei, cyto) or a model file")
     s.add_argument("--out", default=None, help="ONNX file to write")
     s.add_argument("--engine", default=None, help="TensorRT engine (plan) file to write")
-    s.add_argument("--tile", type=int, default=None,
-                   help="tile side (default: 224 for U-Nets, the ViT's input size, 256, for ViTs)")
-    s.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    s.add_argument("--tile", type=_num(checks.integer, lo=16, hi=4096), default=None,
+                   help="tile side, 16 to 4096 (default: 224 for U-Nets, the ViT's input size, 256, for ViTs)")
+    s.add_argument("--opset", type=_num(checks.integer, lo=9, hi=25), default=17,
+                   help="ONNX opset, 9 to 25 (default 17)")
     s.add_argument("--fixed-batch", action="store_true", help="fixed batch of 1 instead of a dynamic batch axis")
     s.add_argument("--check", action="store_true",
                    help="compare onnxruntime (CPU) with PyTorch fp32 on random tiles; exit 1 on a mismatch")
-    s.add_argument("--rtol", type=float, default=1e-4, help="--check tolerance relative to the largest output")
+    s.add_argument("--rtol", type=_num(checks.number, lo=0.0, lo_open=True, hi=1.0), default=1e-4,
+                   help="--check tolerance relative to the largest output, in (0, 1] (default 1e-4)")
     s.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8", "fp8"], default="fp16",
                    help="engine precision (default fp16; int8/fp8 need --calib and NVIDIA ModelOpt)")
     s.add_argument("--calib", default=None, metavar="TILES.npy",
                    help="calibration set for int8/fp8: normalised tiles, float32 [N, C, tile, tile]")
-    s.add_argument("--batch-size", type=int, default=8, help="largest engine batch (profile 1..N, default 8)")
-    s.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace (GiB, default 4)")
+    s.add_argument("--batch-size", type=_num(checks.integer, lo=1, hi=1024), default=8,
+                   help="largest engine batch (profile 1..N), 1 to 1024 (default 8)")
+    s.add_argument("--workspace-gb", type=_num(checks.number, lo=0.0, lo_open=True, hi=1024.0), default=4.0,
+                   help="TensorRT builder workspace, GiB, > 0 and <= 1024 (default 4)")
     s.set_defaults(func=_cmd_export)
     s = sub.add_parser("info", help="show version, backend and CUDA support")
     s.set_defaults(func=_cmd_info)
@@ -292,14 +635,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # once: the cleanup that follows is not interrupted again
+    raise Interrupted(signum)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line (``argv``: the arguments, default ``sys.argv[1:]``); returns the exit status
+    (see the module docstring).  User errors get one logged sentence, never a traceback."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: SIGTERM keeps its default
+        pass
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except KeyboardInterrupt:
+        log.error("interrupted by Ctrl-C")
+        return EXIT_SIGINT
+    except Interrupted as e:
         log.error("%s", e)
-        return 2
+        return 128 + e.signum
+    except (ValueError, OSError, RuntimeError) as e:
+        log.error("%s", flag_names(str(e)) or type(e).__name__)
+        if args.verbose:
+            log.debug("details", exc_info=True)
+        return EXIT_USAGE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,22 +6,40 @@
 * ``*_rois.zip``       ImageJ ROI set (polygon ROIs, via ``roifile``)
 * ``*_seg.npy``        Cellpose-GUI-compatible dictionary
 * ``*_cells.csv``      per-cell table with scikit-image ``regionprops_table`` column names
+* ``*.fastpose.json``  the completion record of one input, written last (:func:`write_record`): the
+  requested kinds, each file written with its size, the input path and the fastpose version.  An input's
+  outputs are complete exactly when :func:`record_status` says so; ``fastpose segment --skip-existing``
+  skips only those.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
 import struct
 import zlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .io import atomic_write, write_tiff_atomic
+from .io import PathLike, atomic_write, write_tiff_atomic
 
-OUTPUT_KINDS = ("masks", "outlines_png", "outlines_txt", "rois", "seg_npy", "csv")
+log = logging.getLogger("fastpose")
+
+#: each output kind and the end of its file name (``<stem><end>``)
+OUTPUT_FILES: Dict[str, str] = {"masks": "_masks.tif", "outlines_png": "_outlines.png",
+                                "outlines_txt": "_outlines.txt", "rois": "_rois.zip", "seg_npy": "_seg.npy",
+                                "csv": "_cells.csv"}
+OUTPUT_KINDS = tuple(OUTPUT_FILES)
+#: kinds drawn from 2D masks only (not written for volumes)
+KINDS_2D = ("outlines_png", "outlines_txt", "rois")
+#: the end of a completion record's name (``<stem>.fastpose.json``)
+RECORD_SUFFIX = ".fastpose.json"
+RECORD_FORMAT = "fastpose-outputs"
+RECORD_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,24 +231,108 @@ def write_seg_npy(path: Path, image_path: str, masks: np.ndarray, flows: Optiona
 def write_outputs(out_dir: Path, stem: str, kinds: Sequence[str], image: np.ndarray, masks: np.ndarray,
                   image_path: str = "", flows: Optional[np.ndarray] = None, cellprob: Optional[np.ndarray] = None,
                   diameter: Optional[float] = None) -> List[Path]:
-    """Write the requested output kinds (see OUTPUT_KINDS) for one image; returns the paths written."""
+    """Write the requested output kinds (see OUTPUT_KINDS) for one image; returns the paths written.
+
+    The kinds of :data:`KINDS_2D` are skipped for volumes.  The completion record is not written here:
+    call :func:`write_record` once every output is written."""
     out_dir = Path(out_dir)
     written: List[Path] = []
     for k in kinds:
         if k not in OUTPUT_KINDS:
             raise ValueError(f"unknown output kind {k!r}; choose from {', '.join(OUTPUT_KINDS)}")
+
+    def dest(kind: str) -> Path:
+        return out_dir / f"{stem}{OUTPUT_FILES[kind]}"
     if "masks" in kinds:
-        written.append(write_tiff_atomic(out_dir / f"{stem}_masks.tif", masks))
+        written.append(write_tiff_atomic(dest("masks"), masks))
     if masks.ndim == 2:
         if "outlines_png" in kinds:
-            written.append(write_outlines_png(out_dir / f"{stem}_outlines.png", image, masks))
+            written.append(write_outlines_png(dest("outlines_png"), image, masks))
         if "outlines_txt" in kinds:
-            written.append(write_outlines_txt(out_dir / f"{stem}_outlines.txt", masks))
+            written.append(write_outlines_txt(dest("outlines_txt"), masks))
         if "rois" in kinds:
-            written.append(write_rois_zip(out_dir / f"{stem}_rois.zip", masks))
+            written.append(write_rois_zip(dest("rois"), masks))
     if "seg_npy" in kinds:
-        written.append(write_seg_npy(out_dir / f"{stem}_seg.npy", image_path, masks, flows, cellprob, diameter))
+        written.append(write_seg_npy(dest("seg_npy"), image_path, masks, flows, cellprob, diameter))
     if "csv" in kinds:
         img = np.asarray(image)
-        written.append(write_csv(out_dir / f"{stem}_cells.csv", masks, img if img.shape[:masks.ndim] == masks.shape else None))
+        written.append(write_csv(dest("csv"), masks, img if img.shape[:masks.ndim] == masks.shape else None))
     return written
+
+
+# ------------------------------------------------------------------------------------------------
+# completion records: an input's outputs as a unit
+# ------------------------------------------------------------------------------------------------
+
+def output_paths(out_dir: PathLike, stem: str, kinds: Optional[Sequence[str]] = None) -> List[Path]:
+    """The files ``stem``'s outputs of ``kinds`` (default: every kind) would have, plus its record."""
+    d = Path(out_dir)
+    return [d / f"{stem}{OUTPUT_FILES[k]}" for k in (kinds or OUTPUT_KINDS)] + [record_path(d, stem)]
+
+
+def record_path(out_dir: PathLike, stem: str) -> Path:
+    """Where ``stem``'s completion record lives: ``<out_dir>/<stem>.fastpose.json``."""
+    return Path(out_dir) / f"{stem}{RECORD_SUFFIX}"
+
+
+def remove_record(out_dir: PathLike, stem: str) -> None:
+    """Remove ``stem``'s completion record (before its outputs are rewritten: until the new record is
+    written, the input counts as incomplete)."""
+    try:
+        record_path(out_dir, stem).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def write_record(out_dir: PathLike, stem: str, kinds: Sequence[str], written: Sequence[PathLike],
+                 image_path: PathLike) -> Path:
+    """Write ``stem``'s completion record atomically, last: ``kinds`` requested, each written file (name
+    relative to ``out_dir``) with its size, the input's absolute path and the fastpose version."""
+    from . import __version__
+
+    d = Path(out_dir)
+    files = {Path(w).name: Path(w).stat().st_size for w in written}
+    rec = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "fastpose": __version__,
+           "input": str(Path(image_path).resolve()), "kinds": list(kinds), "files": files}
+    return atomic_write(record_path(d, stem), lambda f: json.dump(rec, f, indent=1), text=True)
+
+
+def record_status(out_dir: PathLike, stem: str, kinds: Sequence[str],
+                  image_path: Optional[PathLike] = None) -> Tuple[str, str]:
+    """Whether ``stem``'s outputs in ``out_dir`` are complete for ``kinds``: ``(status, reason)`` with
+    status ``"complete"`` (record present and readable, its kinds a superset of ``kinds``, every recorded
+    file present with its recorded size, and, with ``image_path``, recorded for that input), ``"incomplete"``
+    (a record that fails one of those, or output files without a record: a killed run, or a run of fastpose
+    before records existed) or ``"new"`` (nothing of ``stem`` there)."""
+    d = Path(out_dir)
+    rp = record_path(d, stem)
+    if not rp.is_file():
+        present = [q.name for q in output_paths(d, stem)[:-1] if q.exists()]
+        if present:
+            return "incomplete", f"no completion record, but {', '.join(present)} exist"
+        return "new", ""
+    try:
+        rec = json.loads(rp.read_text())
+        if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT:
+            return "incomplete", f"{rp.name} is not a fastpose completion record"
+        have = set(rec["kinds"])
+        files = dict(rec["files"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return "incomplete", f"unreadable completion record {rp.name} ({e})"
+    missing = [k for k in kinds if k not in have]
+    if missing:
+        return "incomplete", f"the record lacks {', '.join(missing)}"
+    if image_path is not None and rec.get("input") != str(Path(image_path).resolve()):
+        return "incomplete", f"the record is for another input, {rec.get('input')}"
+    for name, size in files.items():
+        q = d / str(name)
+        try:
+            got = q.stat().st_size
+        except OSError:
+            return "incomplete", f"{name} is missing"
+        if got != size:
+            return "incomplete", f"{name} has {got} bytes, the record says {size}"
+    expected = {f"{stem}{OUTPUT_FILES[k]}" for k in kinds if k in OUTPUT_FILES and k not in KINDS_2D}
+    if not expected <= set(files):
+        return "incomplete", f"the record lacks {', '.join(sorted(expected - set(files)))}"
+    return "complete", ""
