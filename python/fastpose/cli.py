@@ -249,7 +249,7 @@ def find_inputs(inputs: List[str], recursive: bool) -> List[Path]:
     return [f.path for f in collect_inputs(inputs, recursive)]
 
 
-def check_unique_outputs(files: Sequence[InputFile]) -> None:
+def check_unique_outputs(files: Sequence[InputFile], out: Path = Path("OUT")) -> None:
     """Raise :class:`UsageError` naming the inputs that would write the same output names (same folder under
     --out and same stem, compared without case so outputs survive a copy to a case-insensitive disk)."""
     by_key: Dict[str, List[InputFile]] = {}
@@ -261,7 +261,7 @@ def check_unique_outputs(files: Sequence[InputFile]) -> None:
     lines = []
     for g in clashes[:5]:
         dest = g[0].rel / f"{g[0].stem}_*"
-        lines.append(f"{' and '.join(str(f.path) for f in g)} would all write {dest}")
+        lines.append(f"{' and '.join(str(f.path) for f in g)} would write the same outputs {out / dest}")
     more = f" (and {len(clashes) - 5} more clashes)" if len(clashes) > 5 else ""
     raise UsageError(f"{len(clashes)} output name clash(es), nothing segmented: {'; '.join(lines)}{more}. "
                      "Outputs are named <stem>_<kind> (stem: the file name less its suffix and a trailing "
@@ -371,7 +371,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     files = collect_inputs(args.inputs, args.recursive, out)
     if not files:
         raise UsageError(f"no input images (.tif, .tiff, .npy) found in {' '.join(args.inputs)}")
-    check_unique_outputs(files)
+    check_unique_outputs(files, out)
     folders = sorted({f.rel for f in files})
     check_out_folder(out, folders)
     removed = sum(len(remove_temp_files(out / d)) for d in folders)
@@ -424,7 +424,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             img = loaded.pop(f.path, None)
             if isinstance(res, Exception):  # unreadable or unusable input: reported, the batch goes on
                 b.failed.append(str(f.path))
-                log.error("%s: %s", f.path, flag_names(str(res)))
+                msg = flag_names(str(res))
+                log.error("%s", msg if str(f.path) in msg else f"{f.path}: {msg}")
                 continue
             dest = out / f.rel
             try:
@@ -566,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flow-error QC threshold, >= 0 (default 0.4; 0 = off)")
     s.add_argument("--cellprob-threshold", type=_num(checks.number), default=0.0,
                    help="cell-probability logit threshold, any finite number (default 0)")
-    s.add_argument("--min-size", type=_num(checks.integer, lo=0), default=15,
+    s.add_argument("--min-size", type=_num(checks.integer, lo=0, hi=checks.LIMITS["image_pixels"]), default=15,
                    help="smallest mask kept, pixels, >= 0 (default 15)")
     s.add_argument("--niter", type=_num(checks.integer, lo=1, hi=checks.LIMITS["niter"]), default=None,
                    help=f"Euler steps of mask recovery, 1 to {checks.LIMITS['niter']} (default 200 at the model "
@@ -643,14 +644,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line (``argv``: the arguments, default ``sys.argv[1:]``); returns the exit status
     (see the module docstring).  User errors get one logged sentence, never a traceback."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: SIGTERM keeps its default
         pass
+    verbose = False
     try:
+        args = build_parser().parse_args(argv)
+        verbose = args.verbose
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         log.error("interrupted by Ctrl-C")
@@ -660,7 +663,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 128 + e.signum
     except (ValueError, OSError, RuntimeError) as e:
         log.error("%s", flag_names(str(e)) or type(e).__name__)
-        if args.verbose:
+        if verbose:
             log.debug("details", exc_info=True)
         return EXIT_USAGE
     finally:
