@@ -67,7 +67,8 @@ _FLAGS = {"channel_axis": "--channel-axis", "z_axis": "--z-axis", "do_3D": "--do
           "tile_norm": "--tile-norm", "workspace_gb": "--workspace-gb", "channels": "--channels",
           "diameter": "--diameter", "anisotropy": "--anisotropy", "niter": "--niter", "tile": "--tile",
           "opset": "--opset", "rtol": "--rtol", "precision": "--precision", "device": "--device"}
-_FLAG_RE = re.compile(r"\b(" + "|".join(sorted(_FLAGS, key=len, reverse=True)) + r")\b(=(\[[^\]]*\]|[^\s,;:)]*))?")
+_FLAG_RE = re.compile(r"(?<![\w/\\.-])(" + "|".join(sorted(_FLAGS, key=len, reverse=True))
+                      + r")(?![\w/\\.-])(=(\[[^\]]*\]|[^\s,;:)]*))?")  # not inside a path or a word
 
 
 def flag_names(message: str) -> str:
