@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
-__all__ = ["number", "integer", "probability", "choice", "arg", "arg_list", "LIMITS"]
+import numpy as np
+
+__all__ = ["number", "integer", "probability", "choice", "boolean", "integers", "axis", "resized_shape",
+           "arg", "arg_list", "LIMITS"]
 
 T = TypeVar("T")
 
@@ -26,8 +29,18 @@ T = TypeVar("T")
 LIMITS = {
     "diameter": 10_000.0,  # px; the image is resized by diam_mean / diameter
     "niter": 10_000,  # Euler steps of mask recovery
-    "image_pixels": 2 ** 34,  # pixels (voxels) of one image, 16 G
+    "image_pixels": 2 ** 34,  # pixels (voxels) of one image, 16 G, after resizing by the diameter
+    "anisotropy": 100.0,  # Z step relative to the XY pixel size
+    "batch_size": 1024,  # tiles per network batch; crops per training step
+    "epochs": 1_000_000,  # training epochs
+    "time_budget": 30 * 24 * 3600.0,  # s, a month of training
 }
+
+
+def _show(value: Any, width: int = 60) -> str:
+    """``repr(value)``, shortened to about ``width`` characters (a huge number or array stays readable)."""
+    r = repr(value)
+    return r if len(r) <= width else r[:width - 5] + "[...]"
 
 
 def _describe(lo: Optional[float], hi: Optional[float], lo_open: bool, hi_open: bool, kind: str) -> str:
@@ -43,20 +56,20 @@ def _describe(lo: Optional[float], hi: Optional[float], lo_open: bool, hi_open: 
 def _parse(value: Any, name: str, want_int: bool) -> float:
     """The value as a Python number, without rounding: a string is parsed, a bool or anything else rejected."""
     if isinstance(value, bool) or value is None:
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {_show(value)}")
     if isinstance(value, str):
         s = value.strip()
         try:
             return int(s) if want_int and s.lstrip("+-").isdigit() else float(s)
         except ValueError:
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
+            raise ValueError(f"{name} must be a number, got {_show(value)}") from None
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
     if hasattr(value, "item") and getattr(value, "size", 0) == 1:  # NumPy / PyTorch scalars
         return _parse(value.item(), name, want_int)
-    raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    raise ValueError(f"{name} must be a number, got {type(value).__name__} {_show(value)}")
 
 
 def number(value: Any, name: str, *, lo: Optional[float] = None, hi: Optional[float] = None,
@@ -66,14 +79,18 @@ def number(value: Any, name: str, *, lo: Optional[float] = None, hi: Optional[fl
     ``none_ok``: None passes through (an optional parameter left at its default)."""
     if value is None and none_ok:
         return None
-    v = float(_parse(value, name, False))
+    raw = _parse(value, name, False)
+    try:
+        v = float(raw)
+    except OverflowError:  # an int beyond the float range
+        v = math.inf if raw > 0 else -math.inf
     allowed = _describe(lo, hi, lo_open, hi_open, "a finite number")
     if not math.isfinite(v):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {allowed}, got {_show(value)}")
     if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {allowed}, got {_show(value)}")
     if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {allowed}, got {_show(value)}")
     return v
 
 
@@ -87,10 +104,10 @@ def integer(value: Any, name: str, *, lo: Optional[int] = None, hi: Optional[int
     allowed = _describe(lo, hi, False, False, "an integer")
     if isinstance(v, float):
         if not math.isfinite(v) or v != int(v):
-            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+            raise ValueError(f"{name} must be {allowed}, got {_show(value)}")
         v = int(v)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {allowed}, got {_show(value)}")
     return int(v)
 
 
@@ -102,11 +119,69 @@ def probability(value: Any, name: str, *, open_low: bool = False, open_high: boo
 
 
 def choice(value: Any, name: str, options: Iterable[T]) -> T:
-    """``value`` if it is one of ``options``, else ValueError listing them."""
+    """The option equal to ``value``, else ValueError listing them (a bool matches only a bool)."""
     opts = list(options)
-    if value not in opts:
-        raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in opts)}; got {value!r}")
-    return value
+    for o in opts:  # a bool matches only a bool (1 is not True), an array never matches
+        if isinstance(o, bool) != isinstance(value, (bool, np.bool_)) or isinstance(value, np.ndarray):
+            continue
+        try:
+            if bool(value == o):
+                return o
+        except Exception:  # noqa: BLE001 - a value that cannot be compared is not an option
+            continue
+    raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in opts)}; got {_show(value)}")
+
+
+def boolean(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (Python or NumPy), else ValueError: ``"no"``, ``0`` or ``None`` are not
+    silently read as False."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {type(value).__name__} {_show(value)}")
+
+
+def integers(value: Any, name: str, *, lo: Optional[int] = None, hi: Optional[int] = None,
+             none_ok: bool = False, min_len: int = 0) -> Optional[List[int]]:
+    """A sequence of integers (each checked as :func:`integer`) as a list, else ValueError naming the item."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or getattr(value, "ndim", 1) == 0:
+        raise ValueError(f"{name} must be a sequence of integers, got {type(value).__name__} {_show(value)}")
+    items = list(value)
+    if len(items) < min_len:
+        raise ValueError(f"{name} must have at least {min_len} item(s), got {_show(value)}")
+    return [integer(v, f"{name}[{i}]", lo=lo, hi=hi) for i, v in enumerate(items)]  # type: ignore[misc]
+
+
+def axis(value: Any, name: str, ndim: Optional[int] = None) -> Optional[int]:
+    """None or an integer axis (``-ndim <= axis < ndim`` when ``ndim`` is given; without it ``-4..3``, the axes
+    of an image of at most 4 dimensions)."""
+    if ndim is None:
+        return integer(value, name, lo=-4, hi=3, none_ok=True)
+    return integer(value, name, lo=-ndim, hi=ndim - 1, none_ok=True)
+
+
+def resized_shape(shape: Sequence[int], scale: Sequence[float], why: str,
+                  limit: Optional[int] = None) -> Tuple[int, ...]:
+    """The size ``shape`` is resized to by ``scale`` per axis (rounded, at least 1), checked before anything
+    is allocated: ValueError when it would exceed ``limit`` (default ``LIMITS["image_pixels"]``) pixels.
+
+    ``why`` names the cause in the message, e.g. ``"diameter=0.01 (model diameter 17)"``."""
+    limit = int(LIMITS["image_pixels"] if limit is None else limit)
+    f = [float(x) for x in scale]
+    out = []
+    for s, x in zip(shape, f):
+        v = float(s) * x
+        if not math.isfinite(v):
+            raise ValueError(f"{why} resizes the image by a factor {x:g}, which is not a usable size")
+        out.append(max(1, int(round(v))))
+    n = math.prod(out)
+    if n > limit:
+        dims = "x".join(str(int(s)) for s in shape)
+        raise ValueError(f"{why} implies resizing the {dims} image to {'x'.join(map(str, out))} ({n:.3g} pixels), "
+                         f"more than the limit of {limit:.3g} pixels (fastpose.checks.LIMITS['image_pixels']); "
+                         "pass the cells' real diameter in pixels (or 0 for no resizing)")
+    return tuple(out)
 
 
 def arg(check: Callable[..., Any], **bounds: Any) -> Callable[[str], Any]:

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
-from ._backend import (as_number, call, empty, finish_labels, placement, prepare_field, prepare_mask, ptr,
+from .. import _core, checks
+from ._backend import (call, empty, finish_labels, placement, prepare_field, prepare_mask, ptr,
                        shape_tuple)
 
 __all__ = ["get_masks"]
@@ -37,9 +37,7 @@ def get_masks(positions: Any, mask: Any, max_size_fraction: float = 0.4) -> Any:
         For NumPy inputs a uint16 array (uint32 beyond 65535 masks); for torch inputs an int32 tensor on
         the input's device.
     """
-    frac = as_number(max_size_fraction, "max_size_fraction")
-    if not frac >= 0.0:
-        raise ValueError(f"max_size_fraction must be >= 0, got {max_size_fraction}")
+    frac = checks.number(max_size_fraction, "max_size_fraction", lo=0.0)
     where = placement(positions, mask)
     m, spatial = prepare_mask(mask, where)
     pos = prepare_field(positions, "positions", spatial, where, of="a mask", plural=True)

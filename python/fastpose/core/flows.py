@@ -11,9 +11,9 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from .. import _core
+from .. import _core, checks
 from ..labels import relabel_sequential
-from ._backend import (as_number, call, check_spatial, empty, finish, is_torch, labels_max, placement, prepare_field,
+from ._backend import (call, check_spatial, empty, finish, is_torch, labels_max, placement, prepare_field,
                        prepare_labels, ptr, shape_tuple)
 
 __all__ = ["masks_to_flows", "flow_errors", "remove_bad_flow_masks"]
@@ -43,8 +43,8 @@ def masks_to_flows(masks: Any, niter: Optional[int] = None) -> Any:
     masks : array (Y, X) or (Z, Y, X), integer
         Label image, 0 = background; labels need not be sequential.
     niter : int, optional
-        Diffusion iterations per mask; ``None`` or 0 uses Cellpose's default of twice the sum of the
-        padded bounding-box extents of each mask.
+        Diffusion iterations per mask, at most ``fastpose.checks.LIMITS["niter"]``; ``None`` or 0 uses
+        Cellpose's default of twice the sum of the padded bounding-box extents of each mask.
 
     Returns
     -------
@@ -52,12 +52,7 @@ def masks_to_flows(masks: Any, niter: Optional[int] = None) -> Any:
         Unit vectors (dY, dX) in 2D, (dZ, dY, dX) in 3D; 0 outside masks.  Same kind (NumPy/torch) as
         ``masks``.
     """
-    if niter is None:
-        niter = 0
-    if isinstance(niter, bool) or not isinstance(niter, (int, np.integer)):
-        raise ValueError(f"niter must be a non-negative integer or None, got {niter!r}")
-    if not 0 <= int(niter) <= np.iinfo(np.int32).max:
-        raise ValueError(f"niter must be in [0, 2**31 - 1], got {niter}")
+    niter = checks.integer(niter, "niter", lo=0, hi=checks.LIMITS["niter"], none_ok=True) or 0
     where = placement(masks)
     lab = prepare_labels(masks, "masks", where)
     spatial = check_spatial(lab, "masks")
@@ -119,9 +114,7 @@ def remove_bad_flow_masks(masks: Any, dP: Any, threshold: float = 0.4) -> Any:
     masks : array like ``masks`` (same dtype, a copy)
         Bad masks set to 0; the remaining labels are not renumbered.
     """
-    thr = as_number(threshold, "threshold")
-    if not np.isfinite(thr):
-        raise ValueError(f"threshold must be finite, got {threshold}")
+    thr = checks.number(threshold, "threshold")
     orig_dtype = masks.dtype if is_torch(masks) else np.asarray(masks).dtype
     where, lab, flows, spatial = _labels_and_flows(masks, dP)
     lab = lab.copy() if isinstance(lab, np.ndarray) else lab.clone()  # never modify the caller's array

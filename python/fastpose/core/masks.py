@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
+from .. import _core, checks
 from ..labels import relabel_sequential
-from ._backend import (as_number, call, check_spatial, finish_labels, is_torch, labels_max, labels_min, placement,
+from ._backend import (call, check_spatial, finish_labels, is_torch, labels_max, labels_min, placement,
                        prepare_labels, ptr, shape_tuple, torch_module)
 
 __all__ = ["fill_holes_and_remove_small_masks"]
@@ -53,7 +53,7 @@ def fill_holes_and_remove_small_masks(masks: Any, min_size: int = 15) -> Any:
         New label array: for NumPy inputs uint16 (uint32 beyond 65535 masks); for torch inputs an
         int32 tensor on the input's device.
     """
-    min_size = 0 if min_size is None else as_number(min_size, "min_size", int)
+    min_size = checks.integer(min_size, "min_size", none_ok=True) or 0
     where = placement(masks)
     raw = masks if (is_torch(masks) or hasattr(masks, "__cuda_array_interface__")) else np.asarray(masks)
     check_spatial(raw, "masks")

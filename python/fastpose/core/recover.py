@@ -7,7 +7,7 @@ from typing import Any, Tuple, Union
 
 import numpy as np
 
-from .. import _core
+from .. import _core, checks
 from ._backend import (any_nonfinite, call, check_spatial, empty, finish, finish_labels, placement, prepare,
                        prepare_field, ptr, shape_tuple)
 
@@ -28,17 +28,18 @@ def compute_masks(dP: Any, cellprob: Any, niter: int = 200, cellprob_threshold: 
     Parameters
     ----------
     dP : array (ndim, Y, X) or (ndim, Z, Y, X), float
-        Flows at network scale (5x unit vectors): (dY, dX) in 2D, (dZ, dY, dX) in 3D.
+        Flows at network scale (5x unit vectors): (dY, dX) in 2D, (dZ, dY, dX) in 3D.  Must be finite (NaN or
+        Inf is a ValueError, never tracked into garbage).
     cellprob : array (Y, X) or (Z, Y, X), float
-        Cell-probability logits.
+        Cell-probability logits.  Must be finite (ValueError otherwise).
     niter : int
-        Euler steps.
+        Euler steps, 0 to ``fastpose.checks.LIMITS["niter"]``.
     cellprob_threshold, flow_threshold : float
-        Foreground threshold on the logits; flow-error QC threshold (<= 0 or None disables QC).
+        Foreground threshold on the logits (finite); flow-error QC threshold (>= 0; 0 or None disables QC).
     min_size : int
         Minimum mask size in pixels (voxels); <= 0 keeps all.
     max_size_fraction : float
-        Masks covering more than this fraction of the image are dropped.
+        Masks covering more than this fraction of the image are dropped (>= 0).
     flow_qc_3d : bool
         Apply flow QC to 3D images too.
     return_positions : bool
@@ -50,20 +51,20 @@ def compute_masks(dP: Any, cellprob: Any, niter: int = 200, cellprob_threshold: 
         uint16 (uint32 beyond 65535 masks) NumPy array for host inputs; an int32 tensor on the input's
         device for torch inputs.  With ``return_positions``: ``(labels, positions)``.
     """
+    niter = checks.integer(niter, "niter", lo=0, hi=checks.LIMITS["niter"])
+    cellprob_threshold = checks.number(cellprob_threshold, "cellprob_threshold")
+    flow_threshold = checks.number(flow_threshold, "flow_threshold", lo=0.0, none_ok=True) or 0.0
+    max_size_fraction = checks.number(max_size_fraction, "max_size_fraction", lo=0.0)
+    min_size = checks.integer(min_size, "min_size")
+    flow_qc_3d = checks.boolean(flow_qc_3d, "flow_qc_3d")
+    return_positions = checks.boolean(return_positions, "return_positions")
     where = placement(dP, cellprob)
     prob = prepare(cellprob, "cellprob", np.float32, where)
     spatial = check_spatial(prob, "cellprob")
     flows = prepare_field(dP, "dP", spatial, where, of="cellprob")
-    if niter is None or int(niter) < 0:
-        raise ValueError(f"niter must be >= 0, got {niter}")
-    if flow_threshold is None:
-        flow_threshold = 0.0
-    for name, v in (("cellprob_threshold", cellprob_threshold), ("flow_threshold", flow_threshold),
-                    ("max_size_fraction", max_size_fraction)):
-        if not np.isfinite(float(v)):
-            raise ValueError(f"{name} must be finite, got {v}")
     if any_nonfinite(prob):
-        raise ValueError("cellprob contains NaN or Inf")
+        raise ValueError("cellprob contains NaN or Inf: mask recovery needs finite logits (a NaN is neither "
+                         "cell nor background); replace them first, e.g. np.nan_to_num(cellprob, nan=-10)")
     labels = empty(spatial, np.int32, where, zero=True)
     positions = empty(flows.shape, np.float32, where) if return_positions else None
     n = call(where, _core.compute_masks, ptr(flows), ptr(prob), shape_tuple(spatial), ptr(labels), int(niter),

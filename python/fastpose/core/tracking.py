@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
-from ._backend import as_number, call, empty, finish, placement, prepare_field, prepare_mask, ptr, shape_tuple
+from .. import _core, checks
+from ._backend import call, empty, finish, placement, prepare_field, prepare_mask, ptr, shape_tuple
 
 __all__ = ["follow_flows", "tracking_path"]
 
@@ -37,16 +37,14 @@ def follow_flows(dP: Any, mask: Any, niter: int = 200) -> Any:
     mask : array (Y, X) or (Z, Y, X), bool or integer
         Pixels to track (non-zero).
     niter : int
-        Number of Euler steps (>= 0).
+        Number of Euler steps, 0 to ``fastpose.checks.LIMITS["niter"]`` (the work is ``niter`` x pixels).
 
     Returns
     -------
     positions : array (ndim, Y, X) or (ndim, Z, Y, X), float32
         Final coordinates (NumPy for NumPy inputs, a torch tensor on the input's device for torch inputs).
     """
-    niter_i = as_number(niter, "niter", int)
-    if niter_i < 0 or niter_i > np.iinfo(np.int32).max:
-        raise ValueError(f"niter must be >= 0, got {niter}")
+    niter_i = checks.integer(niter, "niter", lo=0, hi=checks.LIMITS["niter"])
     where = placement(dP, mask)
     m, spatial = prepare_mask(mask, where)
     flows = prepare_field(dP, "dP", spatial, where, of="a mask")

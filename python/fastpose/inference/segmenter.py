@@ -13,12 +13,13 @@ stays on the device.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from .. import methods
+from .. import checks, methods
 from ..core import cuda_available
 from ..models import load_model, spec_of
 from ..models.spec import ModelSpec
@@ -31,6 +32,12 @@ from .volume import stitch3D, volume_maps
 __all__ = ["Segmenter", "segment"]
 
 log = logging.getLogger("fastpose.inference")
+
+#: the options of :meth:`Segmenter.segment` and their defaults (what :meth:`Segmenter.check_options` checks)
+SEGMENT_DEFAULTS: Dict[str, Any] = dict(
+    channel_axis=None, z_axis=None, channels=None, diameter=None, do_3D=False, anisotropy=None,
+    stitch_threshold=0.0, augment=False, tile_overlap=0.1, normalize=True, invert=False, flow_threshold=0.4,
+    cellprob_threshold=0.0, min_size=15, niter=None, return_flows=False)
 
 #: an image: NumPy array (or anything ``np.asarray`` takes) of any integer or float dtype
 ArrayLike = Any
@@ -67,23 +74,25 @@ class Segmenter:
         from ..deploy.backends import check_backend, make_runner
 
         check_backend(backend)
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        device = checks.choice(device, "device", ("auto", "cpu", "cuda"))
+        precision = checks.choice(precision, "precision", ("auto", "fp32", "fp16", "bf16"))
+        batch_size = checks.integer(batch_size, "batch_size", lo=1, hi=checks.LIMITS["batch_size"])
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device='cuda' but PyTorch sees no CUDA GPU")
         use_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda") if use_gpu else torch.device("cpu")
         # the core runs on the GPU only when fastpose was built with CUDA; otherwise tensors come back
         self.core_device = "cuda" if use_gpu and cuda_available() else "cpu"
-        if precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
         self.precision = ("fp16" if use_gpu else "fp32") if precision == "auto" else precision
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        self.batch_size = int(batch_size)
-        models = model if isinstance(model, (list, tuple)) else [model]
+        self.batch_size = batch_size
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
         if not models:
-            raise ValueError("model list is empty")
+            raise ValueError("model list is empty: pass a model name, file or network, or a non-empty list")
+        for i, m in enumerate(models):
+            if not isinstance(m, (str, os.PathLike, torch.nn.Module)):
+                where = f"model[{i}]" if isinstance(model, (list, tuple)) else "model"
+                raise TypeError(f"{where} must be a bundled model name, a model file path or a torch.nn.Module, "
+                                f"got {type(m).__name__}")
         self.nets: List[Any] = []
         self.metas: List[Dict[str, Any]] = []
         specs: List[ModelSpec] = []
@@ -198,14 +207,63 @@ class Segmenter:
         return self.recover(maps, style, rescale, diameter, options, return_flows)
 
     @staticmethod
-    def check_options(tile_overlap: float, anisotropy: Optional[float], stitch_threshold: float) -> None:
-        """ValueError for settings that mean nothing."""
-        if not 0.0 <= tile_overlap <= 0.5:
-            raise ValueError(f"tile_overlap must be in [0, 0.5], got {tile_overlap}")
-        if anisotropy is not None and not anisotropy > 0:
-            raise ValueError(f"anisotropy must be > 0, got {anisotropy}")
-        if stitch_threshold < 0:
-            raise ValueError("stitch_threshold must be >= 0")
+    def check_options(**options: Any) -> Dict[str, Any]:
+        """The options of :meth:`segment` checked (:mod:`fastpose.checks`) and normalised; ValueError naming the
+        parameter, what was given and what is allowed, for settings that mean nothing.  Options not given keep
+        the defaults of :meth:`segment`; unknown names are a TypeError.  Run once, at the public boundary."""
+        unknown = set(options) - set(SEGMENT_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unexpected arguments {sorted(unknown)}; known: {', '.join(SEGMENT_DEFAULTS)}")
+        o = {**SEGMENT_DEFAULTS, **options}
+        for k in ("do_3D", "augment", "invert", "return_flows"):
+            o[k] = checks.boolean(o[k], k)
+        o["channel_axis"] = checks.axis(o["channel_axis"], "channel_axis")
+        o["z_axis"] = checks.axis(o["z_axis"], "z_axis")
+        o["channels"] = checks.integers(o["channels"], "channels", lo=0, none_ok=True, min_len=1)
+        o["diameter"] = checks.number(o["diameter"], "diameter", lo=0.0, hi=checks.LIMITS["diameter"],
+                                      none_ok=True)
+        o["anisotropy"] = checks.number(o["anisotropy"], "anisotropy", lo=0.0, lo_open=True,
+                                        hi=checks.LIMITS["anisotropy"], none_ok=True)
+        o["stitch_threshold"] = checks.probability(o["stitch_threshold"], "stitch_threshold")
+        o["tile_overlap"] = checks.number(o["tile_overlap"], "tile_overlap", lo=0.0, hi=0.5)
+        o["normalize"] = checks.choice(o["normalize"], "normalize", (True, False, "tile"))
+        o["flow_threshold"] = checks.number(o["flow_threshold"], "flow_threshold", lo=0.0, none_ok=True)
+        o["cellprob_threshold"] = checks.number(o["cellprob_threshold"], "cellprob_threshold")
+        o["min_size"] = checks.integer(o["min_size"], "min_size", lo=0)
+        o["niter"] = checks.integer(o["niter"], "niter", lo=1, hi=checks.LIMITS["niter"], none_ok=True)
+        return o
+
+    def check_size(self, shape: Sequence[int], diameter: Optional[float], anisotropy: Optional[float] = None,
+                   volume: bool = False) -> None:
+        """ValueError, before anything is allocated, when ``diameter`` (and in 3D ``anisotropy``) would resize an
+        image of spatial ``shape`` beyond ``LIMITS["image_pixels"]`` (see :func:`fastpose.checks.resized_shape`)."""
+        r = self.spec.rescale(diameter)
+        if r == 1.0 and not (volume and anisotropy):
+            return
+        why = f"diameter={diameter:g} (the model's cells are {self.diam_mean:g} px)"
+        if volume and len(shape) == 3:
+            za = 1.0 if anisotropy is None else anisotropy
+            checks.resized_shape(shape, (r * za, r, r), why + (f" with anisotropy={za:g}" if anisotropy else ""))
+        else:
+            checks.resized_shape(shape[-2:], (r, r), why)
+
+    def check_input_size(self, image: Any, o: Mapping[str, Any]) -> None:
+        """:meth:`check_size` on the spatial axes of a raw input (axes as named; skipped when they do not fit,
+        :func:`fastpose.transforms.to_channels_first` then reports them)."""
+        if o["diameter"] is None or not hasattr(image, "shape"):
+            return
+        shape = tuple(int(n) for n in image.shape)
+        if not 2 <= len(shape) <= 4 or any(not -len(shape) <= a < len(shape)
+                                           for a in (o["channel_axis"], o["z_axis"]) if a is not None):
+            return
+        named = [a % len(shape) for a in (o["channel_axis"], o["z_axis"]) if a is not None]
+        rest = tuple(n for i, n in enumerate(shape) if i not in named)
+        if len(rest) != 2:
+            return
+        if o["do_3D"] and o["z_axis"] is not None:
+            self.check_size((shape[o["z_axis"] % len(shape)], *rest), o["diameter"], o["anisotropy"], True)
+        else:
+            self.check_size(rest, o["diameter"])
 
     # ---- public -------------------------------------------------------------------------------
     def segment(self, image: ArrayLike, *, channel_axis: Optional[int] = None, z_axis: Optional[int] = None,
@@ -215,11 +273,24 @@ class Segmenter:
                 flow_threshold: float = 0.4, cellprob_threshold: float = 0.0, min_size: int = 15,
                 niter: Optional[int] = None, return_flows: bool = False) -> SegmentResult:
         """Segment one image; see :func:`segment` for the parameters."""
-        self.check_options(tile_overlap, anisotropy, stitch_threshold)
+        o = self.check_options(channel_axis=channel_axis, z_axis=z_axis, channels=channels, diameter=diameter,
+                               do_3D=do_3D, anisotropy=anisotropy, stitch_threshold=stitch_threshold,
+                               augment=augment, tile_overlap=tile_overlap, normalize=normalize, invert=invert,
+                               flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold,
+                               min_size=min_size, niter=niter, return_flows=return_flows)
+        return self.segment_checked(image, o)
+
+    def segment_checked(self, image: ArrayLike, o: Mapping[str, Any]) -> SegmentResult:
+        """:meth:`segment` with options ``o`` already through :meth:`check_options` (the streaming path's entry,
+        so each image is not checked again)."""
+        channel_axis, z_axis, channels, diameter = o["channel_axis"], o["z_axis"], o["channels"], o["diameter"]
+        do_3D, anisotropy, stitch_threshold, augment = o["do_3D"], o["anisotropy"], o["stitch_threshold"], o["augment"]
+        tile_overlap, normalize, invert = o["tile_overlap"], o["normalize"], o["invert"]
+        return_flows = o["return_flows"]
+        self.check_input_size(image, o)
         vol3 = do_3D or stitch_threshold > 0
         x = self.prepare(image, channel_axis, z_axis, channels, vol3, normalize, invert)
-        options = dict(flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold, min_size=min_size,
-                       niter=niter)
+        options = {k: o[k] for k in ("flow_threshold", "cellprob_threshold", "min_size", "niter")}
         if diameter is None:
             if not self.estimates_diameter:
                 diameter = 0.0  # size-invariant networks, or no size model: no resizing
@@ -227,6 +298,7 @@ class Segmenter:
                 plane = x if x.ndim == 3 else x[:, x.shape[1] // 2]
                 diameter = self.estimate_diameter(plane, augment, tile_overlap)
                 log.info("estimated diameter: %.1f px", diameter)
+                self.check_size(x.shape[1:], diameter, anisotropy, do_3D)
         if do_3D:
             return self._segment_3d(x, diameter, anisotropy, augment, tile_overlap, options, return_flows)
         if stitch_threshold > 0:
@@ -258,10 +330,14 @@ class Segmenter:
         """
         from .streaming import stream
 
-        params = dict(channel_axis=channel_axis, channels=channels, diameter=diameter, augment=augment,
-                      tile_overlap=tile_overlap, normalize=normalize, invert=invert, flow_threshold=flow_threshold,
-                      cellprob_threshold=cellprob_threshold, min_size=min_size, niter=niter,
-                      return_flows=return_flows, **kwargs)
+        params = self.check_options(channel_axis=channel_axis, channels=channels, diameter=diameter,
+                                    augment=augment, tile_overlap=tile_overlap, normalize=normalize, invert=invert,
+                                    flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold,
+                                    min_size=min_size, niter=niter, return_flows=return_flows, **kwargs)
+        return_errors = checks.boolean(return_errors, "return_errors")
+        if isinstance(images, (str, bytes, np.ndarray)) or not isinstance(images, Iterable):
+            raise TypeError(f"images must be an iterable of images (arrays or loaders), got {type(images).__name__}"
+                            + (" (for one image call segment)" if isinstance(images, np.ndarray) else ""))
         return stream(self, images, params, return_errors)
 
     def group_size(self, shape: Tuple[int, ...]) -> int:

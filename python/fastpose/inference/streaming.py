@@ -25,13 +25,6 @@ __all__ = ["stream"]
 
 log = logging.getLogger("fastpose.inference")
 
-#: what the pooled path reads (the rest of ``Segmenter.segment``'s options run images one at a time)
-_STREAM_ARGS = ("channel_axis", "channels", "diameter", "augment", "tile_overlap", "normalize", "invert",
-                "return_flows", "flow_threshold", "cellprob_threshold", "min_size", "niter")
-#: volume options: accepted when off ("do_3D": False, ...), else the stream falls back to ``Segmenter.segment``
-_VOLUME_ARGS = ("do_3D", "stitch_threshold", "z_axis", "anisotropy")
-
-
 def _load(item: Any) -> Any:
     return item() if callable(item) else item
 
@@ -39,9 +32,11 @@ def _load(item: Any) -> Any:
 def stream(seg: Any, images: Iterable[Any], params: Dict[str, Any], return_errors: bool = False) -> Iterator[Any]:
     """Results of ``seg`` for each item of ``images`` (arrays or loaders), in order; see the module docstring.
 
-    ``params`` are :meth:`Segmenter.segment`'s keyword arguments.
+    ``params`` are :meth:`Segmenter.segment`'s keyword arguments, all of them, already through
+    :meth:`Segmenter.check_options` (:meth:`Segmenter.segment_many` checks them once, before the stream starts).
     """
     p = dict(params)
+    # volume options, or a diameter to estimate per image: one image at a time
     if p.get("diameter") is None and not seg.estimates_diameter:
         p["diameter"] = 0.0
     per_image = bool(p.get("do_3D") or p.get("stitch_threshold")) or p.get("z_axis") is not None \
@@ -49,17 +44,13 @@ def stream(seg: Any, images: Iterable[Any], params: Dict[str, Any], return_error
     if per_image:
         yield from _one_by_one(seg, images, p, return_errors)
         return
-    unknown = set(p) - set(_STREAM_ARGS) - set(_VOLUME_ARGS)
-    if unknown:
-        raise TypeError(f"unexpected arguments {sorted(unknown)}")
-    seg.check_options(p["tile_overlap"], None, 0.0)
     yield from _pooled(seg, images, p, return_errors)
 
 
 def _one_by_one(seg: Any, images: Iterable[Any], p: Dict[str, Any], return_errors: bool) -> Iterator[Any]:
     for item in images:
         try:
-            yield seg.segment(_load(item), **p)
+            yield seg.segment_checked(_load(item), p)
         except Exception as e:  # noqa: BLE001  (reported per item when asked to)
             if not return_errors:
                 raise
@@ -75,7 +66,9 @@ def _pooled(seg: Any, images: Iterable[Any], p: Dict[str, Any], return_errors: b
     side = torch.cuda.Stream() if on_gpu else None
 
     def prepare(item: Any) -> np.ndarray:
-        return seg.prepare(_load(item), p["channel_axis"], None, p["channels"], False, p["normalize"], p["invert"])
+        image = _load(item)
+        seg.check_input_size(image, p)  # the diameter's resized size, before anything is allocated
+        return seg.prepare(image, p["channel_axis"], None, p["channels"], False, p["normalize"], p["invert"])
 
     def prepared() -> Iterator[Any]:
         # loading + channel selection + normalisation on a few threads (NumPy and tifffile release the GIL),

@@ -5,10 +5,12 @@ segmentation at that size)."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Mapping
+import math
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .. import checks
 from ..labels import as_labels, median_diameter
 from . import Family, register_family
 
@@ -20,16 +22,25 @@ log = logging.getLogger("fastpose.methods")
 OPTIONS = ("flow_threshold", "cellprob_threshold", "min_size", "niter")
 
 
-def default_niter(rescale: float) -> int:
-    """Euler steps when none are given: 200 at the model's scale (more for images upsampled less than 1:1)."""
-    return int(round(200 / min(rescale, 1.0)))
+def default_niter(rescale: float, shape: Optional[Sequence[int]] = None) -> int:
+    """Euler steps when none are given: 200 at the model's scale, so ``200 / rescale`` for images the network
+    saw downsampled (``rescale < 1``), bounded so the work does not grow with the diameter: never more than the
+    diagonal of the image of ``shape`` (a step moves a pixel by about one pixel, and positions are clamped to
+    the image, so a pixel cannot usefully travel further; at least 200) nor ``LIMITS["niter"]``."""
+    r = checks.number(rescale, "rescale", lo=0.0, lo_open=True)
+    n = 200.0 / min(r, 1.0)
+    if shape is not None:
+        diagonal = math.ceil(math.sqrt(sum(float(s) ** 2 for s in shape)))
+        n = min(n, max(200.0, diagonal))
+    return int(min(round(n), checks.LIMITS["niter"]))
 
 
 def postprocess(maps: Any, *, rescale: float = 1.0, options: Mapping[str, Any] = (),
                 return_maps: bool = False) -> Dict[str, Any]:
     """Masks of one image from its maps ``[flow (ndim), cellprob, ...]`` (a tensor on the core's device).
 
-    ``options``: ``flow_threshold``, ``cellprob_threshold``, ``min_size``, ``niter`` (None: :func:`default_niter`).
+    ``options``: ``flow_threshold``, ``cellprob_threshold``, ``min_size``, ``niter`` (None: :func:`default_niter`,
+    bounded by the image's diagonal), checked by the caller (``Segmenter.check_options``).
     Returns ``masks`` (uint16/uint32 NumPy) and, with ``return_maps``, ``flows`` (float32 [ndim, *spatial], 5x
     unit vectors) and ``cellprob`` (float32 logits).
     """
@@ -39,7 +50,7 @@ def postprocess(maps: Any, *, rescale: float = 1.0, options: Mapping[str, Any] =
     dP, prob = maps[:ndim].contiguous(), maps[ndim].contiguous()
     kw = dict(options or {})
     if kw.get("niter") is None:
-        kw["niter"] = default_niter(rescale)
+        kw["niter"] = default_niter(rescale, tuple(maps.shape[1:]))
     out: Dict[str, Any] = {"masks": as_labels(fc.compute_masks(dP, prob, **kw))}
     if return_maps:
         out["flows"] = dP.float().cpu().numpy()
