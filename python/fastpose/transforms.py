@@ -6,12 +6,14 @@ training data alike.  :func:`percentiles` is NumPy's linear percentile, exact, i
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+import math
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["to_channels_first", "percentiles", "normalize_percentile", "normalize_tiles", "normalize",
-           "resize", "scaled_size", "check_finite"]
+__all__ = ["to_channels_first", "channel_view", "percentiles", "channel_range", "scale_channel",
+           "normalize_percentile", "normalize_tiles", "normalize", "LazyImage", "prepare_lazy", "resize",
+           "scaled_size", "check_finite", "STATS_PIXELS"]
 
 ArrayLike = Any
 
@@ -24,6 +26,22 @@ def to_channels_first(image: ArrayLike, channel_axis: Optional[int], z_axis: Opt
     needs ``channel_axis`` (a multichannel 2D image) or ``z_axis`` (a volume); a 4D array needs both.
     ``channels`` picks which input channels feed the network, in order (default: the first ``nchan``);
     missing channels are zero (Cellpose's convention for an absent nuclear channel).
+    """
+    a, picks = channel_view(image, channel_axis, z_axis, channels, nchan, do_3D)
+    out = np.zeros((nchan, *a.shape[1:]), np.float32)
+    for i, c in enumerate(picks):
+        if c is not None:
+            out[i] = a[c]
+    return out
+
+
+def channel_view(image: ArrayLike, channel_axis: Optional[int], z_axis: Optional[int],
+                 channels: Optional[Sequence[int]], nchan: int, do_3D: bool) -> Tuple[np.ndarray, List[Optional[int]]]:
+    """The axis and channel logic of :func:`to_channels_first` without the float copy.
+
+    Returns ``(view, picks)``: ``view`` is the input, channels first ((C_in, Y, X) or (C_in, Z, Y, X)), a
+    transposed view of ``image`` in its own dtype (no copy); ``picks[i]`` is the input channel feeding network
+    channel ``i`` (None: a zero channel).  Raises the same ValueErrors as :func:`to_channels_first`.
     """
     a = np.asarray(image)
     if a.dtype == object or a.dtype.kind not in "biuf":
@@ -54,14 +72,14 @@ def to_channels_first(image: ArrayLike, channel_axis: Optional[int], z_axis: Opt
     picks = list(range(min(nchan, a.shape[0]))) if channels is None else list(channels)
     if len(picks) > nchan:
         raise ValueError(f"channels={list(channels)} selects {len(picks)} channels; the model takes {nchan}")
-    out = np.zeros((nchan, *a.shape[1:]), np.float32)
+    out: List[Optional[int]] = [None] * nchan
     for i, c in enumerate(picks):
         if c is None or c < 0:
             continue
         if c >= a.shape[0]:
             raise ValueError(f"channels={list(channels)}: the image has only {a.shape[0]} channel(s)")
-        out[i] = a[c]
-    return out
+        out[i] = int(c)
+    return a, out
 
 
 def _axis(ax: int, ndim: int, name: str) -> int:
@@ -75,24 +93,36 @@ def _lerp(a: float, b: float, t: float) -> float:
     return b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t
 
 
-def percentiles(ch: np.ndarray, qs: Sequence[float]) -> List[float]:
-    """``np.percentile(ch, qs)`` (method "linear"), exactly, in O(N) for integer-valued channels.
+#: channels of more pixels than this get their percentiles in bands of rows (bounded memory): exactly for
+#: integer-valued channels in [0, 65535] (a histogram summed over the bands, the same numbers as NumPy's), from a
+#: deterministic strided subsample of about this many pixels otherwise (every k-th row and column,
+#: k = ceil(sqrt(pixels / STATS_PIXELS))).  Channels up to this size (4096 x 4096) use the exact statistics.
+STATS_PIXELS = 2 ** 24
+#: pixels per band of the banded passes (statistics, finite checks)
+BAND_PIXELS = 2 ** 22
 
-    Microscopy images are mostly 8/16-bit integers; for those the order statistics come from a histogram
-    (``np.bincount``) instead of a partial sort, about 4x faster on a 1080x1080 channel.  Anything else
-    (fractional values, negative or huge ranges) goes to ``np.percentile``.
-    """
-    flat = ch.reshape(-1)
-    n = flat.size
-    if n == 0:
-        raise ValueError("cannot normalise an empty image")
-    lo, hi = float(flat.min()), float(flat.max())
-    if not (lo >= 0 and hi <= 65535):  # negative, large, or NaN
-        return [float(v) for v in np.percentile(flat, qs)]
-    iv = flat.astype(np.int32)
-    if not np.array_equal(iv, flat):
-        return [float(v) for v in np.percentile(flat, qs)]
-    cum = np.cumsum(np.bincount(iv, minlength=int(hi) + 1))
+
+def _bands(ch: np.ndarray) -> Iterator[np.ndarray]:
+    """Views covering ``ch`` in bands of about :data:`BAND_PIXELS` pixels (rows of its last two axes)."""
+    if ch.ndim == 1:
+        for i in range(0, ch.shape[0], BAND_PIXELS):
+            yield ch[i:i + BAND_PIXELS]
+        return
+    rows = max(1, BAND_PIXELS // max(1, ch.shape[-1]))
+    for idx in np.ndindex(*ch.shape[:-2]):
+        plane = ch[idx]
+        for r in range(0, plane.shape[0], rows):
+            yield plane[r:r + rows]
+
+
+def _subsample(ch: np.ndarray) -> np.ndarray:
+    """The deterministic strided subsample of a large channel (see :data:`STATS_PIXELS`), as a small copy."""
+    k = int(math.ceil(math.sqrt(ch.size / STATS_PIXELS)))
+    sub = ch[::k * k] if ch.ndim == 1 else ch[..., ::k, ::k]
+    return np.ascontiguousarray(sub)
+
+
+def _order_stats(cum: np.ndarray, n: int, qs: Sequence[float]) -> List[float]:
     out = []
     for q in qs:
         pos = q / 100.0 * (n - 1)
@@ -103,6 +133,77 @@ def percentiles(ch: np.ndarray, qs: Sequence[float]) -> List[float]:
     return out
 
 
+def percentiles(ch: np.ndarray, qs: Sequence[float]) -> List[float]:
+    """``np.percentile(ch, qs)`` (method "linear"), exactly, in O(N) for integer-valued channels.
+
+    Microscopy images are mostly 8/16-bit integers; for those the order statistics come from a histogram
+    (``np.bincount``) instead of a partial sort, about 4x faster on a 1080x1080 channel.  Anything else
+    (fractional values, negative or huge ranges) goes to ``np.percentile``.  Channels above
+    :data:`STATS_PIXELS` pixels are read in bands (no whole-channel copy): still exact for integer values in
+    [0, 65535], from a strided subsample otherwise.
+    """
+    n = ch.size
+    if n == 0:
+        raise ValueError("cannot normalise an empty image")
+    if n > STATS_PIXELS:
+        return _percentiles_large(ch, qs)
+    flat = ch.reshape(-1)
+    lo, hi = float(flat.min()), float(flat.max())
+    if not (lo >= 0 and hi <= 65535):  # negative, large, or NaN
+        return [float(v) for v in np.percentile(flat, qs)]
+    iv = flat.astype(np.int32)
+    if not np.array_equal(iv, flat):
+        return [float(v) for v in np.percentile(flat, qs)]
+    return _order_stats(np.cumsum(np.bincount(iv, minlength=int(hi) + 1)), n, qs)
+
+
+def _percentiles_large(ch: np.ndarray, qs: Sequence[float]) -> List[float]:
+    lo, hi, integral = math.inf, -math.inf, ch.dtype.kind in "biu"
+    for b in _bands(ch):
+        lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
+        if not integral or not (lo >= 0 and hi <= 65535):
+            break
+    if not integral and lo >= 0 and hi <= 65535:  # a float channel: integer-valued throughout?
+        integral = True
+        for b in _bands(ch):
+            lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
+            if not (lo >= 0 and hi <= 65535) or not np.array_equal(np.floor(b), b):
+                integral = False
+                break
+    if not (integral and lo >= 0 and hi <= 65535):
+        return [float(v) for v in np.percentile(_subsample(ch), qs)]
+    counts = np.zeros(int(hi) + 1, np.int64)
+    for b in _bands(ch):
+        counts += np.bincount(b.reshape(-1).astype(np.intp), minlength=int(hi) + 1)
+    return _order_stats(np.cumsum(counts), ch.size, qs)
+
+
+def channel_range(ch: np.ndarray, lower: float, upper: float) -> Tuple[np.float64, np.float64, bool]:
+    """``(lo, hi, ok)``: the ``lower``/``upper`` percentiles of a channel (checked finite) and whether they span
+    a range to scale by (False for constant channels, which normalise to 0)."""
+    if ch.size > STATS_PIXELS:
+        for b in _bands(ch):
+            check_finite(b)
+    else:
+        check_finite(ch)
+    lo, hi = (np.float64(v) for v in percentiles(ch, [lower, upper]))
+    return lo, hi, bool(hi - lo > 1e-3 * max(abs(hi), 1e-12) and hi > lo)
+
+
+def scale_channel(ch: np.ndarray, lo: np.float64, hi: np.float64, ok: bool, invert: bool = False) -> np.ndarray:
+    """Scale a float32 channel in place so ``lo``/``hi`` map to 0/1 (then invert); zero when not ``ok``.  The one
+    arithmetic of the percentile normalisation, whole images and blocks alike (so both agree bitwise)."""
+    if ok:
+        ch -= lo
+        ch /= (hi - lo)
+        if invert:
+            ch *= -1
+            ch += 1
+    else:
+        ch[...] = 0
+    return ch
+
+
 def normalize_percentile(x: np.ndarray, lower: float = 1.0, upper: float = 99.0, invert: bool = False) -> np.ndarray:
     """Scale each channel (axis 0) so its ``lower``/``upper`` percentiles map to 0 and 1 (Cellpose).
 
@@ -110,18 +211,78 @@ def normalize_percentile(x: np.ndarray, lower: float = 1.0, upper: float = 99.0,
     """
     x = x.astype(np.float32, copy=True)
     for c in range(x.shape[0]):
-        ch = x[c]
-        check_finite(ch)
-        lo, hi = (np.float64(v) for v in percentiles(ch, [lower, upper]))
-        if hi - lo > 1e-3 * max(abs(hi), 1e-12) and hi > lo:
-            ch -= lo
-            ch /= (hi - lo)
-            if invert:
-                ch *= -1
-                ch += 1
-        else:
-            ch[...] = 0
+        scale_channel(x[c], *channel_range(x[c], lower, upper), invert=invert)
     return x
+
+
+class LazyImage:
+    """A 2D image prepared block by block: channels picked and normalised on read, never copied whole.
+
+    What :func:`to_channels_first` + :func:`normalize` would return, float32 ``[nchan, Y, X]``, but each
+    :meth:`block` reads only its region of the original array (any dtype, any axis order) and converts just
+    that; the normalisation statistics are computed once, up front, with :func:`channel_range` (so a block is
+    bitwise the same region of the whole prepared image).  Made by :func:`prepare_lazy`.
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, src: np.ndarray, picks: Sequence[Optional[int]],
+                 ranges: Optional[Sequence[Tuple[np.float64, np.float64, bool]]], invert: bool) -> None:
+        self.src = src
+        self.picks = list(picks)
+        self.ranges = None if ranges is None else list(ranges)
+        self.invert = bool(invert)
+        self.shape: Tuple[int, int, int] = (len(self.picks), int(src.shape[-2]), int(src.shape[-1]))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the dense float32 image (what materialising it would allocate)."""
+        return 4 * self.shape[0] * self.shape[1] * self.shape[2]
+
+    def block(self, y0: int, y1: int, x0: int = 0, x1: Optional[int] = None) -> np.ndarray:
+        """The prepared float32 ``[nchan, y1 - y0, x1 - x0]`` region (rows/columns clipped to the image)."""
+        Y, X = self.shape[1:]
+        x1 = X if x1 is None else x1
+        y0, y1, x0, x1 = max(0, y0), min(Y, y1), max(0, x0), min(X, x1)
+        out = np.zeros((self.shape[0], max(0, y1 - y0), max(0, x1 - x0)), np.float32)
+        if out.size == 0:
+            return out
+        for i, c in enumerate(self.picks):
+            if c is None:
+                continue
+            out[i] = self.src[c, y0:y1, x0:x1]
+            if self.ranges is not None:
+                scale_channel(out[i], *self.ranges[i], invert=self.invert)
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self.block(0, self.shape[1])
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+
+def prepare_lazy(image: ArrayLike, channel_axis: Optional[int], channels: Optional[Sequence[int]], nchan: int,
+                 mode: Any = True, lower: float = 1.0, upper: float = 99.0, invert: bool = False) -> LazyImage:
+    """A 2D image as a :class:`LazyImage`: :func:`to_channels_first` + :func:`normalize` (``mode`` True or False;
+    ``"tile"`` needs the whole image) without a whole-image copy.  Statistics and finite checks run in bands."""
+    if mode == "tile":
+        raise ValueError("normalize='tile' is not available for images prepared block by block (images above "
+                         "the memory budget): use normalize=True, or crop/downsample the image")
+    src, picks = channel_view(image, channel_axis, None, channels, nchan, False)
+    ranges: Optional[List[Tuple[np.float64, np.float64, bool]]] = None
+    done: dict = {}
+    if mode:
+        zero = (np.float64(0.0), np.float64(0.0), False)  # an absent channel is all zeros: constant -> 0
+        ranges = []
+        for c in picks:
+            if c is not None and c not in done:
+                done[c] = channel_range(src[c], lower, upper)
+            ranges.append(zero if c is None else done[c])
+    else:
+        for c in set(p for p in picks if p is not None):
+            for b in _bands(src[c]):
+                check_finite(b)
+    return LazyImage(src, picks, ranges, bool(invert and mode))
 
 
 def normalize_tiles(x: np.ndarray, blocksize: int = 128, lower: float = 1.0, upper: float = 99.0,
