@@ -12,7 +12,28 @@ from typing import Any, Tuple
 
 import numpy as np
 
-__all__ = ["labels_dtype", "as_labels", "relabel_sequential", "IoUPairs", "iou_pairs", "median_diameter"]
+__all__ = ["check_labels", "labels_dtype", "as_labels", "relabel_sequential", "IoUPairs", "iou_pairs",
+           "median_diameter"]
+
+
+def check_labels(labels: Any, name: str) -> np.ndarray:
+    """``labels`` as a NumPy label image, checked: an integer array (not bool, float, complex or object) of at
+    least one dimension with labels >= 0; ValueError naming ``name`` otherwise (the one rule, for the metrics,
+    IoU pairs and diameters)."""
+    try:
+        lab = np.asarray(labels)
+    except Exception as e:  # noqa: BLE001 - ragged lists and the like: a user error
+        raise ValueError(f"{name} could not be read as a label image: {e}") from None
+    if lab.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be an integer label image (0 = background, 1..N = masks), got dtype "
+                         f"{lab.dtype}" + ("; convert a bool mask with skimage.measure.label or "
+                                           "scipy.ndimage.label" if lab.dtype.kind == "b" else ""))
+    if lab.ndim < 1:
+        raise ValueError(f"{name} must be an image (at least 1 dimension), got a scalar")
+    if lab.size and lab.min() < 0:
+        raise ValueError(f"{name} has negative labels (min {int(lab.min())}); labels must be >= 0 with "
+                         "0 = background")
+    return lab
 
 
 def labels_dtype(n: int) -> np.dtype:
@@ -75,8 +96,9 @@ def iou_pairs(a: np.ndarray, b: np.ndarray) -> IoUPairs:
     sequential (areas are counted up to the largest label); compact them first with :func:`relabel_sequential`
     when they are sparse and large.
     """
-    if np.shape(a) != np.shape(b):
-        raise ValueError(f"label images differ in shape: {np.shape(a)} vs {np.shape(b)}")
+    a, b = check_labels(a, "a"), check_labels(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"label images differ in shape: {a.shape} vs {b.shape}")
     x = np.asarray(a).ravel().astype(np.int64, copy=False)
     y = np.asarray(b).ravel().astype(np.int64, copy=False)
     na = int(x.max()) if x.size else 0
@@ -90,7 +112,7 @@ def iou_pairs(a: np.ndarray, b: np.ndarray) -> IoUPairs:
 
 def median_diameter(masks: np.ndarray) -> float:
     """Median over masks of the diameter of the disc with the same area (Cellpose's ``diameters``)."""
-    counts = np.bincount(np.asarray(masks).ravel().astype(np.int64))[1:]
+    counts = np.bincount(check_labels(masks, "masks").ravel().astype(np.int64))[1:]
     counts = counts[counts > 0]
     if counts.size == 0:
         return 0.0

@@ -14,11 +14,12 @@ with thousands of masks are fast.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from .labels import iou_pairs, relabel_sequential
+from . import checks
+from .labels import check_labels, iou_pairs, relabel_sequential
 
 DEFAULT_THRESHOLDS = (0.5, 0.75, 0.9)
 COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))
@@ -41,22 +42,31 @@ class Overlap:
         return self.inter / (self.area_true[self.ti] + self.area_pred[self.pi] - self.inter)
 
 
+def _thresholds(thresholds: Any) -> List[float]:
+    """IoU thresholds checked: one number or a non-empty sequence of them, each finite in [0, 1]."""
+    if isinstance(thresholds, (str, bytes)):
+        raise ValueError(f"thresholds must be numbers in [0, 1], got {thresholds!r}")
+    if np.ndim(thresholds) == 0 and not isinstance(thresholds, (list, tuple)):
+        thresholds = [thresholds]
+    th = list(thresholds)
+    if not th:
+        raise ValueError("thresholds must name at least one IoU threshold in [0, 1], got none")
+    return [checks.probability(t, f"thresholds[{i}]") for i, t in enumerate(th)]
+
+
 def _compact(labels: np.ndarray) -> Tuple[np.ndarray, int]:
-    lab = np.asarray(labels)
-    if lab.dtype.kind not in "iu":
-        raise ValueError(f"label images must be integer arrays, got {lab.dtype}")
-    if lab.size and lab.min() < 0:
-        raise ValueError("label images must not have negative labels")
-    compact, values = relabel_sequential(lab)
+    compact, values = relabel_sequential(labels)
     return compact, max(int(values.size) - 1, 0)
 
 
 def overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
-    """Sparse pairwise overlaps of two label images of the same shape."""
-    if np.shape(true) != np.shape(pred):
-        raise ValueError(f"true and predicted masks differ in shape: {np.shape(true)} vs {np.shape(pred)}")
-    t, nt = _compact(true)
-    p, npred = _compact(pred)
+    """Sparse pairwise overlaps of two label images of the same shape (integer, labels >= 0; ValueError
+    otherwise)."""
+    ta, pa = check_labels(true, "true"), check_labels(pred, "pred")
+    if ta.shape != pa.shape:
+        raise ValueError(f"true and predicted masks differ in shape: {ta.shape} vs {pa.shape}")
+    t, nt = _compact(ta)
+    p, npred = _compact(pa)
     pairs = iou_pairs(t, p)
     return Overlap(nt, npred, pairs.a, pairs.b, pairs.inter.astype(np.float64),
                    pairs.area_a.astype(np.float64), pairs.area_b.astype(np.float64))
@@ -100,9 +110,11 @@ def true_positives(ov: Overlap, threshold: float) -> int:
 Labels = Union[np.ndarray, Sequence[np.ndarray]]
 
 
-def _as_list(x: Labels) -> List[np.ndarray]:
+def _as_list(x: Labels, name: str) -> List[np.ndarray]:
     if isinstance(x, np.ndarray) and x.dtype != object:
         return [x]
+    if isinstance(x, (str, bytes)) or not isinstance(x, (np.ndarray, Sequence)):
+        raise ValueError(f"{name} must be a label image or a list of them, got {type(x).__name__}")
     return list(x)
 
 
@@ -110,13 +122,15 @@ def average_precision(true: Labels, pred: Labels, thresholds: Sequence[float] = 
                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """AP = TP / (TP + FP + FN) per image and threshold (Cellpose's ``metrics.average_precision``).
 
+    ``true``, ``pred``: a label image each (integer, labels >= 0, same shape) or lists of them;
+    ``thresholds``: IoU thresholds, each finite in [0, 1] (ValueError otherwise, never an AP of NaN).
     Returns (ap, tp, fp, fn), each of shape [n_images, n_thresholds]. An image with no true and no
     predicted masks has AP 1.
     """
-    tl, pl = _as_list(true), _as_list(pred)
+    th = _thresholds(thresholds)
+    tl, pl = _as_list(true, "true"), _as_list(pred, "pred")
     if len(tl) != len(pl):
         raise ValueError(f"{len(tl)} true vs {len(pl)} predicted label images")
-    th = list(thresholds)
     ap = np.zeros((len(tl), len(th)))
     tp = np.zeros_like(ap, dtype=np.int64)
     fp = np.zeros_like(tp)
@@ -178,7 +192,8 @@ def seg_score(true: np.ndarray, pred: np.ndarray) -> float:
 
 def evaluate(true: Labels, pred: Labels, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> Dict[str, object]:
     """All scores for a dataset: per-image means and pooled counts (sums of TP/FP/FN over images)."""
-    tl, pl = _as_list(true), _as_list(pred)
+    thresholds = _thresholds(thresholds)
+    tl, pl = _as_list(true, "true"), _as_list(pred, "pred")
     ap, tp, fp, fn = average_precision(tl, pl, thresholds)
     TP, FP, FN = tp.sum(0), fp.sum(0), fn.sum(0)
     with np.errstate(divide="ignore", invalid="ignore"):
