@@ -190,3 +190,19 @@ def test_demo_runs(tmp_path: Path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 0
     m = tifffile.imread(tmp_path / "dsb2018_0402a81e75262469_masks.tif")
     assert m.max() > 100
+
+
+def test_unwritable_out_is_refused_before_any_work(folder: Path, tmp_path: Path, model_file: Path, caplog,
+                                                   monkeypatch):
+    # a read-only folder cannot be made as root (test_reliability_cli.py chmods one when not root): the
+    # probe's failure is simulated where it happens
+    import fastpose.cli as cli
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(cli.tempfile, "mkstemp", refuse)
+    caplog.set_level("INFO")
+    out = tmp_path / "ro"
+    assert _run(folder, out, model_file) == 2
+    assert f"--out {out}: cannot write in {out} (Permission denied)" in caplog.text
+    assert "loaded" not in caplog.text and not list(out.iterdir())

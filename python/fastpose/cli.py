@@ -14,6 +14,7 @@ Exit status:
   1    some inputs failed (each reported; the others' outputs are complete), or export --check mismatched
   2    usage or setup error (a bad flag value, no inputs, colliding output names, an unwritable --out, a
        model that cannot be loaded...): one sentence on stderr, nothing segmented
+  70   internal error: a bug in fastpose (one sentence; the traceback with -v)
   130  interrupted by Ctrl-C (SIGINT); 143: terminated (SIGTERM).  Finished inputs are complete, temporary
        files are removed; resume with ``fastpose segment --skip-existing``
 """
@@ -40,10 +41,8 @@ from .outputs import KINDS_2D, OUTPUT_FILES, OUTPUT_KINDS, RECORD_SUFFIX
 
 log = logging.getLogger("fastpose")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 70, 130, 143
 
-#: bound on --anisotropy (the Z step over the XY pixel size; volumes are resized by it along Z)
-MAX_ANISOTROPY = 100.0
 
 
 class UsageError(ValueError):
@@ -525,7 +524,8 @@ input with outputs (a killed run, a different --save, outputs of fastpose before
 masks without a record) is redone, and the summary counts both.
 
 Exit status: 0 all done; 1 some inputs failed (each named; the others are complete); 2 usage or setup
-error (nothing segmented); 130 Ctrl-C, 143 SIGTERM (finished inputs complete, temp files removed)."""
+error (nothing segmented); 70 a bug in fastpose; 130 Ctrl-C, 143 SIGTERM (finished inputs complete, temp
+files removed)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -552,13 +552,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "with the model's size model (no resizing for models without one); 0 = no resizing")
     s.add_argument("--channels", type=_num(checks.integer, lo=0), nargs="+", default=None, metavar="C",
                    help="0-based input channels fed to the network, in order (default: the first ones)")
-    s.add_argument("--channel-axis", type=_num(checks.integer, lo=-4, hi=3), default=None,
+    s.add_argument("--channel-axis", type=_num(checks.axis), default=None,
                    help="axis of the channels, -4 to 3 (default: none)")
-    s.add_argument("--z-axis", type=_num(checks.integer, lo=-4, hi=3), default=None,
+    s.add_argument("--z-axis", type=_num(checks.axis), default=None,
                    help="axis of Z for volumes, -4 to 3 (default: none; needs --do-3d or --stitch-threshold)")
     s.add_argument("--do-3d", action="store_true", help="3D segmentation (needs --z-axis)")
-    s.add_argument("--anisotropy", type=_num(checks.number, lo=0.0, lo_open=True, hi=MAX_ANISOTROPY),
-                   default=None, help=f"Z step relative to the XY pixel size, > 0 and <= {MAX_ANISOTROPY:g} "
+    s.add_argument("--anisotropy", type=_num(checks.number, lo=0.0, lo_open=True, hi=checks.LIMITS["anisotropy"]),
+                   default=None, help=f"Z step relative to the XY pixel size, > 0 and <= {checks.LIMITS['anisotropy']:g} "
                                       "(with --do-3d; default 1)")
     s.add_argument("--stitch-threshold", type=_num(checks.probability), default=0.0,
                    help="in [0, 1]; > 0: segment planes in 2D and link them across Z by IoU (needs --z-axis; "
@@ -577,8 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile-norm", action="store_true",
                    help="normalise per block of ~128 px (uneven illumination) instead of per image")
     s.add_argument("--invert", action="store_true", help="invert intensities after normalisation")
-    s.add_argument("--batch-size", type=_num(checks.integer, lo=1, hi=1024), default=8,
-                   help="tiles per network batch, 1 to 1024 (default 8)")
+    s.add_argument("--batch-size", type=_num(checks.integer, lo=1, hi=checks.LIMITS["batch_size"]), default=8,
+                   help=f"tiles per network batch, 1 to {checks.LIMITS['batch_size']} (default 8)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto (default): the GPU when one is usable")
     s.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
@@ -620,8 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine precision (default fp16; int8/fp8 need --calib and NVIDIA ModelOpt)")
     s.add_argument("--calib", default=None, metavar="TILES.npy",
                    help="calibration set for int8/fp8: normalised tiles, float32 [N, C, tile, tile]")
-    s.add_argument("--batch-size", type=_num(checks.integer, lo=1, hi=1024), default=8,
-                   help="largest engine batch (profile 1..N), 1 to 1024 (default 8)")
+    s.add_argument("--batch-size", type=_num(checks.integer, lo=1, hi=checks.LIMITS["batch_size"]), default=8,
+                   help=f"largest engine batch (profile 1..N), 1 to {checks.LIMITS['batch_size']} (default 8)")
     s.add_argument("--workspace-gb", type=_num(checks.number, lo=0.0, lo_open=True, hi=1024.0), default=4.0,
                    help="TensorRT builder workspace, GiB, > 0 and <= 1024 (default 4)")
     s.set_defaults(func=_cmd_export)
@@ -667,6 +667,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if verbose:
             log.debug("details", exc_info=True)
         return EXIT_USAGE
+    except Exception as e:  # a bug: one sentence, the traceback with -v
+        log.error("internal error (a bug in fastpose, please report it): %s: %s%s", type(e).__name__, e,
+                  "" if verbose else "; run with -v for the traceback")
+        if verbose:
+            log.exception("traceback")
+        return EXIT_BUG
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
