@@ -1,12 +1,16 @@
-// CPU backend of follow_flows: OpenMP over blocks of pixels; per-pixel logic in tracking_impl.h.
+// CPU backend of follow_flows: OpenMP over blocks of pixels; the per-pixel step is impl::step_2d / step_3d
+// (tracking_impl.h), the same template the CUDA kernel runs.
 //
-// One pixel's steps form a serial dependency chain (load -> interpolate -> divide -> clamp), so each
-// thread interleaves kLanes tracked pixels step by step to let out-of-order execution overlap them.
-// Every pixel goes through exactly the same impl::step_* calls as on the GPU.
+// One pixel's steps form a serial dependency chain (load -> interpolate -> divide -> clamp), so each thread
+// interleaves a group of tracked pixels step by step (track_group) to let out-of-order execution overlap them.
 //
-// On x86-64 CPUs with AVX2 the 2D case takes a SIMD path instead (chosen at run time; FASTPOSE_NO_SIMD=1
-// forces the scalar path): each 8-float lane of a __m256 is one pixel, and the lanes reproduce
-// impl::step_2d op for op (see track_avx2_2d), so the result is bitwise that of the scalar path / GPU.
+// On x86-64 CPUs with AVX2 both 2D and 3D take a SIMD path (chosen at run time; FASTPOSE_NO_SIMD=1 forces the
+// scalar path): the lane type is an 8-float vector, one pixel per lane, and the step is the same template
+// instantiated with it.  What is SIMD-specific is only
+//   * Lanes<v8sf>: one AVX instruction per lane operation, each with the IEEE semantics of Lanes<float>;
+//   * the flow tables (build_table_2d / build_table_3d) and their corner loads (TableFlow2 / TableFlow3):
+//     the same floats as impl::MaskedPlanarFlow, laid out so that a pixel's corners are contiguous.
+// tests/test_tracking.py compares both paths bitwise (random, border-pushing and adversarial positions).
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -26,12 +30,12 @@ namespace cpu {
 
 namespace {
 
-constexpr int kLanes = 8;
 constexpr int64_t kBlock = 4096;
+constexpr int kScalarGroup = 8;  // pixels interleaved per thread on the scalar path
 
 // Every pixel of the image, in blocks of kBlock pixels in parallel: pixels not tracked (mask == 0, or
 // niter == 0) get their own coordinates; the tracked ones go to track(idx, count), Group at a time in raster
-// order (the scalar path takes kLanes, the AVX2 path kGroup2d).
+// order.
 template <int Group, typename Track>
 void for_each_tracked_group(const uint8_t* mask, const Shape& s, int niter, float* positions, int nt,
                             const Track& track) {
@@ -59,55 +63,123 @@ void for_each_tracked_group(const uint8_t* mask, const Shape& s, int niter, floa
   }
 }
 
-template <int NDIM>
-void track_lanes(const impl::MaskedPlanarFlow<NDIM>& flow, const Shape& s, int niter, const int64_t* idx, int count,
-                 float* positions) {
-  float p[kLanes][3];
-  bool active[kLanes];
-  for (int k = 0; k < count; ++k) {
-    impl::start_position(s, idx[k], p[k]);
-    active[k] = true;
+// Tracks the `count` (<= V * width) pixels idx[0..count) for niter steps: V vectors of Lanes<F>::width pixels,
+// interleaved, every one through impl::step<NDIM>.  Padding lanes repeat pixel idx[0] and start inactive.
+template <int NDIM, int V, class F, class Flow>
+inline void track_group(const Flow& flow, const Shape& s, int niter, const int64_t* idx, int count,
+                        float* positions) {
+  using L = impl::Lanes<F>;
+  constexpr int W = L::width, G = V * W;
+  alignas(64) float buf[NDIM][G];
+  alignas(64) int32_t on[G];
+  for (int k = 0; k < G; ++k) {
+    float p[3] = {0.0f, 0.0f, 0.0f};
+    impl::start_position(s, idx[k < count ? k : 0], p);
+    for (int a = 0; a < NDIM; ++a) buf[a][k] = p[a];
+    on[k] = k < count ? -1 : 0;
   }
-  const int64_t Z = s.z, Y = s.y, X = s.x;
+  float hs[NDIM];
+  impl::position_limits<NDIM>(s, hs);
+  F hi[NDIM], p[V][NDIM];
+  typename L::Mask act[V];
+  for (int a = 0; a < NDIM; ++a) hi[a] = L::splat(hs[a]);
+  for (int v = 0; v < V; ++v) {
+    for (int a = 0; a < NDIM; ++a) p[v][a] = L::load(buf[a] + v * W);
+    act[v] = L::mask_of(on + v * W);
+  }
   for (int t = 0; t < niter; ++t) {
     bool any = false;
-    for (int k = 0; k < count; ++k) {
-      if (!active[k]) continue;
-      if constexpr (NDIM == 2)
-        active[k] = impl::step_2d(flow, Y, X, p[k]);
-      else
-        active[k] = impl::step_3d(flow, Z, Y, X, p[k]);
-      any = any || active[k];
+    for (int v = 0; v < V; ++v) {
+      impl::step<NDIM>(flow, hi, p[v], act[v]);
+      any = any || L::any(act[v]);
     }
     if (!any) break;
   }
-  for (int k = 0; k < count; ++k) impl::store_position(s, idx[k], p[k], positions);
+  for (int v = 0; v < V; ++v)
+    for (int a = 0; a < NDIM; ++a) L::store(buf[a] + v * W, p[v][a]);
+  for (int k = 0; k < count; ++k) {
+    float q[3] = {0.0f, 0.0f, 0.0f};
+    for (int a = 0; a < NDIM; ++a) q[a] = buf[a][k];
+    impl::store_position(s, idx[k], q, positions);
+  }
 }
 
 template <int NDIM>
-void follow_all(const float* dP, const uint8_t* mask, const Shape& s, int niter, float* positions, int nt) {
-  const impl::MaskedPlanarFlow<NDIM> flow{dP, mask, s.numel()};
-  for_each_tracked_group<kLanes>(mask, s, niter, positions, nt, [&](const int64_t* idx, int count) {
-    track_lanes<NDIM>(flow, s, niter, idx, count, positions);
+void follow_all_scalar(const float* dP, const uint8_t* mask, const Shape& s, int niter, float* positions, int nt) {
+  const impl::MaskedPlanarFlow<NDIM> flow{dP, mask, s.z, s.y, s.x};
+  for_each_tracked_group<kScalarGroup>(mask, s, niter, positions, nt, [&](const int64_t* idx, int count) {
+    track_group<NDIM, kScalarGroup, float>(flow, s, niter, idx, count, positions);
   });
 }
+
+}  // namespace
+}  // namespace cpu
 
 #ifdef FP_TRACK_AVX2
 
 // ---------------------------------------------------------------------------------------------------
-// AVX2 path (2D).
-//
-// Flow table: tab[(y * (X + 1) + x) * 2 + c] = MaskedPlanarFlow<2>::corner(y * X + x)[c], i.e. the flow
-// component c, or 0 where mask == 0 (the same float, bit for bit), interleaved (y, x) per pixel, with
-// one padding column x = X repeating column X - 1 and one padding row y = Y repeating row Y - 1.
-// step_2d reads the corners (y0, x0), (y0, x1), (y1, x0), (y1, x1) with x1 = min(x0 + 1, X - 1) and
-// y1 = min(y0 + 1, Y - 1); since x0 <= X - 1 and y0 <= Y - 1, the table entries (y0, x0 + 1) and
-// (y0 + 1, x*) hold exactly those corners (the padding equals the clamped neighbour), so the four
-// corners of a pixel are two 16-byte loads: (y0, x0..x0+1) and (y0+1, x0..x0+1).  The table costs
-// 8 bytes per pixel for the duration of the call (scalar path if it cannot be allocated).
-// The semantics are those of tracking_impl.h: any change to impl::step_2d / lerp_fixed / clamp_coord
-// must be mirrored in track_avx2_2d (tests/test_tracking.py compares both paths bitwise).
+// AVX2 path: lane type v8sf (8 floats), masks v8si (0 / -1 per lane), indices v8si.
 // ---------------------------------------------------------------------------------------------------
+namespace cpu {
+typedef float v8sf __attribute__((vector_size(32)));
+typedef int32_t v8si __attribute__((vector_size(32)));
+}  // namespace cpu
+
+namespace impl {
+
+// Each member is one AVX instruction with the semantics of the same member of Lanes<float>, lane for lane
+// (Intel SDM): MAXPS dst = a > b ? a : b, MINPS dst = a < b ? a : b (both: the second operand when unordered or
+// equal); BLENDVPS picks a where the mask's sign bit is set (masks are all ones or all zeros); CMPPS NEQ_UQ is
+// C's != (true when unordered); CVTTPS2DQ truncates toward 0 (exact: the path is taken only for extents
+// < 2^31); CVTDQ2PS of such a truncation is exact.  The arithmetic operators of v8sf are ADDPS, SUBPS, MULPS,
+// DIVPS (no FMA: target "avx2" only, and the build uses -ffp-contract=off).
+template <>
+struct Lanes<cpu::v8sf> {
+  using F = cpu::v8sf;
+  using Mask = cpu::v8si;
+  using Index = cpu::v8si;
+  static constexpr int width = 8;
+  __attribute__((target("avx2"))) static inline F max(const F& a, const F& b) {
+    return F(_mm256_max_ps(__m256(a), __m256(b)));
+  }
+  __attribute__((target("avx2"))) static inline F min(const F& a, const F& b) {
+    return F(_mm256_min_ps(__m256(a), __m256(b)));
+  }
+  __attribute__((target("avx2"))) static inline F select(const Mask& m, const F& a, const F& b) {
+    return F(_mm256_blendv_ps(__m256(b), __m256(a), _mm256_castsi256_ps(__m256i(m))));
+  }
+  __attribute__((target("avx2"))) static inline Mask nonzero(const F& v) {
+    return Mask(_mm256_castps_si256(_mm256_cmp_ps(__m256(v), _mm256_setzero_ps(), _CMP_NEQ_UQ)));
+  }
+  __attribute__((target("avx2"))) static inline Mask both(const Mask& a, const Mask& b) {
+    return Mask(_mm256_and_si256(__m256i(a), __m256i(b)));
+  }
+  __attribute__((target("avx2"))) static inline Mask either(const Mask& a, const Mask& b) {
+    return Mask(_mm256_or_si256(__m256i(a), __m256i(b)));
+  }
+  __attribute__((target("avx2"))) static inline Index trunc(const F& v) {
+    return Index(_mm256_cvttps_epi32(__m256(v)));
+  }
+  __attribute__((target("avx2"))) static inline F to_float(const Index& i) {
+    return F(_mm256_cvtepi32_ps(__m256i(i)));
+  }
+  __attribute__((target("avx2"))) static inline F splat(float v) { return F(_mm256_set1_ps(v)); }
+  __attribute__((target("avx2"))) static inline F load(const float* v) { return F(_mm256_load_ps(v)); }
+  __attribute__((target("avx2"))) static inline void store(float* out, const F& v) {
+    _mm256_store_ps(out, __m256(v));
+  }
+  __attribute__((target("avx2"))) static inline Mask mask_of(const int32_t* flags) {
+    return Mask(_mm256_load_si256(reinterpret_cast<const __m256i*>(flags)));
+  }
+  __attribute__((target("avx2"))) static inline bool any(const Mask& m) {
+    return _mm256_movemask_ps(_mm256_castsi256_ps(__m256i(m))) != 0;
+  }
+};
+
+}  // namespace impl
+
+namespace cpu {
+namespace {
 
 // Whether this CPU may take the AVX2 path: it supports AVX2 and FASTPOSE_NO_SIMD is unset, empty or "0"
 // (read on every call, so the environment can switch paths at run time).
@@ -118,8 +190,13 @@ bool avx2_path_enabled() {
   return __builtin_cpu_supports("avx2");
 }
 
-constexpr int kVecs2d = 4;             // __m256 vectors (8 pixels each) interleaved per thread
-constexpr int kGroup2d = 8 * kVecs2d;  // pixels per group
+// Flow tables.  Entry (z, y, x) holds MaskedPlanarFlow::corner of pixel (min(z, Z-1), min(y, Y-1),
+// min(x, X-1)) (the same floats, bit for bit), components interleaved: 2D tab[(y * (X + 1) + x) * 2 + c],
+// 3D tab[((z * (Y + 1) + y) * (X + 1) + x) * 4 + c] with c = 3 a zero pad.  The padding row / column / plane
+// repeats the last one, i.e. it is the clamped neighbour min(c0 + 1, extent - 1) that corners_2d / corners_3d
+// read: since c0 <= extent - 1, the entries at c0 + 1 are exactly the corners of the cell, with no clamping.
+// A table costs 8 (2D) / 16 (3D) bytes per pixel for the duration of the call (scalar path when it cannot be
+// allocated or its offsets exceed int32).
 
 void build_table_2d(const float* dP, const uint8_t* mask, int64_t Y, int64_t X, float* tab, int nt) {
   const int64_t n = Y * X, W = X + 1;
@@ -140,135 +217,141 @@ void build_table_2d(const float* dP, const uint8_t* mask, int64_t Y, int64_t X, 
   }
 }
 
-// Four corners of the 8 pixels of one vector: per table row r (0: y0, 1: y0 + 1) the 16 bytes at
-// x0..x0+1 are loaded for every pixel and transposed so that lane k holds pixel k.
-__attribute__((target("avx2"))) inline void load_corners_2d(const float* tab, const int32_t* off, int32_t row_stride,
-                                                            __m256 (&a)[2][2][2]) {
-  for (int r = 0; r < 2; ++r) {
-    const int32_t d = r * row_stride;
-    __m256 R[4];
-    for (int k = 0; k < 4; ++k)
-      R[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(tab + off[k] + d)),
-                                  _mm_loadu_ps(tab + off[k + 4] + d), 1);
-    // R[k] = [y(x0) x(x0) y(x1) x(x1)] of pixel k | same of pixel k + 4
-    const __m256 t0 = _mm256_unpacklo_ps(R[0], R[1]), t1 = _mm256_unpackhi_ps(R[0], R[1]);
-    const __m256 t2 = _mm256_unpacklo_ps(R[2], R[3]), t3 = _mm256_unpackhi_ps(R[2], R[3]);
-    a[r][0][0] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
-    a[r][0][1] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
-    a[r][1][0] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
-    a[r][1][1] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
-    // a[r][j][c]: corner (y_r, x_j), component c
-  }
-}
-
-// Tracks `count` (<= kGroup2d) pixels idx[0..count) for niter steps.  Lane for lane this is
-// impl::step_2d, op for op, in IEEE single precision (no FMA: only target "avx2", and the build uses
-// -ffp-contract=off):
-//   y0 = int(p0), x0 = int(p1)              cvttps (truncation; p >= 0, < 2^31)
-//   wy = p0 - float(y0), wx = p1 - float(x0) cvtdq2ps (exact) + subps
-//   lerp_fixed(a, b, w) = (1 - w) * a + w * b   subps, mulps, mulps, addps in that order
-//   v[c] = lerp(lerp(a00, a01, wx), lerp(a10, a11, wx), wy)
-//   stop when v0 == 0 && v1 == 0 (ordered compares), the lane then stays frozen like `active[k]`
-//   p = clamp_coord(p + v / 5, hi): divps, addps, then max(v, 0) = (v > 0 ? v : 0) (maxps returns its
-//   second operand when unordered / equal, so NaN and -0 give +0) and min(., hi) = (. < hi ? . : hi),
-//   which is v > 0 ? (v < hi ? v : hi) : 0 for every input.
-__attribute__((target("avx2"))) void track_avx2_2d(const float* tab, const Shape& s, int niter, const int64_t* idx,
-                                                   int count, float* positions) {
-  const int64_t Y = s.y, X = s.x;
-  const int32_t W = int32_t(X + 1);
-  alignas(32) float start[2][kGroup2d];
-  alignas(32) int32_t on[kGroup2d];
-  for (int k = 0; k < kGroup2d; ++k) {
-    float p[3];
-    impl::start_position(s, idx[k < count ? k : 0], p);
-    start[0][k] = p[0];
-    start[1][k] = p[1];
-    on[k] = k < count ? -1 : 0;  // padding lanes repeat pixel 0 and never move
-  }
-  __m256 py[kVecs2d], px[kVecs2d], act[kVecs2d];
-  for (int v = 0; v < kVecs2d; ++v) {
-    py[v] = _mm256_load_ps(start[0] + 8 * v);
-    px[v] = _mm256_load_ps(start[1] + 8 * v);
-    act[v] = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(on + 8 * v)));
-  }
-  const __m256 one = _mm256_set1_ps(1.0f), five = _mm256_set1_ps(5.0f), zero = _mm256_setzero_ps();
-  const __m256 hy = _mm256_set1_ps(float(Y - 1)), hx = _mm256_set1_ps(float(X - 1));
-  const __m256i vW2 = _mm256_set1_epi32(2 * W);
-  for (int t = 0; t < niter; ++t) {
-    __m256 any = zero;
-    for (int v = 0; v < kVecs2d; ++v) {
-      const __m256i iy = _mm256_cvttps_epi32(py[v]), ix = _mm256_cvttps_epi32(px[v]);
-      const __m256 wy = _mm256_sub_ps(py[v], _mm256_cvtepi32_ps(iy));
-      const __m256 wx = _mm256_sub_ps(px[v], _mm256_cvtepi32_ps(ix));
-      alignas(32) int32_t off[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(off),
-                         _mm256_add_epi32(_mm256_mullo_epi32(iy, vW2), _mm256_add_epi32(ix, ix)));
-      __m256 a[2][2][2];
-      load_corners_2d(tab, off, 2 * W, a);
-      const __m256 omwx = _mm256_sub_ps(one, wx), omwy = _mm256_sub_ps(one, wy);
-      __m256 val[2];
-      for (int c = 0; c < 2; ++c) {
-        const __m256 l0 = _mm256_add_ps(_mm256_mul_ps(omwx, a[0][0][c]), _mm256_mul_ps(wx, a[0][1][c]));
-        const __m256 l1 = _mm256_add_ps(_mm256_mul_ps(omwx, a[1][0][c]), _mm256_mul_ps(wx, a[1][1][c]));
-        val[c] = _mm256_add_ps(_mm256_mul_ps(omwy, l0), _mm256_mul_ps(wy, l1));
-      }
-      const __m256 still = _mm256_and_ps(_mm256_cmp_ps(val[0], zero, _CMP_EQ_OQ),
-                                         _mm256_cmp_ps(val[1], zero, _CMP_EQ_OQ));
-      const __m256 ny = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(py[v], _mm256_div_ps(val[0], five)), zero), hy);
-      const __m256 nx = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(px[v], _mm256_div_ps(val[1], five)), zero), hx);
-      act[v] = _mm256_andnot_ps(still, act[v]);
-      py[v] = _mm256_blendv_ps(py[v], ny, act[v]);
-      px[v] = _mm256_blendv_ps(px[v], nx, act[v]);
-      any = _mm256_or_ps(any, act[v]);
+// dP: [3, Z, Y, X] float32, mask: [Z, Y, X] uint8, tab: [Z + 1, Y + 1, X + 1, 4] float32 output.
+void build_table_3d(const float* dP, const uint8_t* mask, int64_t Z, int64_t Y, int64_t X, float* tab, int nt) {
+  const int64_t n = Z * Y * X, W = X + 1, H = Y + 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < (Z + 1) * H; ++r) {
+    const int64_t z = r / H, y = r % H;
+    const int64_t src = ((z < Z ? z : Z - 1) * Y + (y < Y ? y : Y - 1)) * X;
+    const uint8_t* m = mask + src;
+    const float* f0 = dP + src;
+    const float* f1 = dP + n + src;
+    const float* f2 = dP + 2 * n + src;
+    float* row = tab + r * W * 4;
+    for (int64_t x = 0; x < X; ++x) {
+      const bool on = m[x] != 0;
+      row[4 * x] = on ? f0[x] : 0.0f;
+      row[4 * x + 1] = on ? f1[x] : 0.0f;
+      row[4 * x + 2] = on ? f2[x] : 0.0f;
+      row[4 * x + 3] = 0.0f;
     }
-    if (_mm256_movemask_ps(any) == 0) break;
-  }
-  alignas(32) float fin[2][kGroup2d];
-  for (int v = 0; v < kVecs2d; ++v) {
-    _mm256_store_ps(fin[0] + 8 * v, py[v]);
-    _mm256_store_ps(fin[1] + 8 * v, px[v]);
-  }
-  for (int k = 0; k < count; ++k) {
-    const float p[3] = {fin[0][k], fin[1][k], 0.0f};
-    impl::store_position(s, idx[k], p, positions);
+    for (int c = 0; c < 4; ++c) row[4 * X + c] = row[4 * X - 4 + c];
   }
 }
 
-// False when the AVX2 2D path cannot be used (avx2_path_enabled() false, table offsets beyond int32, or no
-// memory for the table); follow_flows then takes the scalar path.
-bool follow_all_avx2_2d(const float* dP, const uint8_t* mask, const Shape& s, int niter, float* positions, int nt) {
-  if (!avx2_path_enabled()) return false;
-  const int64_t Y = s.y, X = s.x;
-  if (niter == 0 || (Y + 1) * (X + 1) * 2 + 4 > int64_t(INT32_MAX)) return false;
+// 4 pixels' 16-byte entries R[k] = tab + off[k] + d | tab + off[k + 4] + d (pixels k and k + 4 in the two
+// 128-bit halves), transposed so that lane k of out[c] is component c of pixel k (c < ncomp).
+template <int NCOMP>
+__attribute__((target("avx2"))) inline void load_entries(const float* tab, const int32_t* off, int32_t d,
+                                                         v8sf* out) {
+  __m256 R[4];
+  for (int k = 0; k < 4; ++k)
+    R[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(tab + off[k] + d)),
+                                _mm_loadu_ps(tab + off[k + 4] + d), 1);
+  // R[k] = [e0 e1 e2 e3] of pixel k | of pixel k + 4
+  const __m256 t0 = _mm256_unpacklo_ps(R[0], R[1]), t1 = _mm256_unpackhi_ps(R[0], R[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(R[2], R[3]), t3 = _mm256_unpackhi_ps(R[2], R[3]);
+  out[0] = v8sf(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2))));
+  out[1] = v8sf(_mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2))));
+  out[2] = v8sf(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3))));
+  if (NCOMP == 4) out[3] = v8sf(_mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3))));
+}
+
+// The 2D corners of 8 pixels: per table row r (y0, y0 + 1) one 16-byte entry pair (x0, x0 + 1) =
+// [c0(x0) c1(x0) c0(x1) c1(x1)] per pixel.
+struct TableFlow2 {
+  const float* tab;
+  int32_t row;  // floats per table row: 2 * (X + 1)
+  __attribute__((target("avx2"))) void corners_2d(const v8si& y0, const v8si& x0, v8sf (&a)[4][2]) const {
+    alignas(32) int32_t off[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(off), __m256i(y0 * row + x0 * 2));
+    for (int r = 0; r < 2; ++r) {
+      v8sf e[4];
+      load_entries<4>(tab, off, r * row, e);  // e = c0(x0), c1(x0), c0(x1), c1(x1)
+      a[2 * r][0] = e[0];
+      a[2 * r][1] = e[1];
+      a[2 * r + 1][0] = e[2];
+      a[2 * r + 1][1] = e[3];
+    }
+  }
+};
+
+// The 3D corners of 8 pixels: one 16-byte entry per corner and pixel.
+struct TableFlow3 {
+  const float* tab;
+  int32_t row, plane;  // floats per table row (4 * (X + 1)) and plane (row * (Y + 1))
+  __attribute__((target("avx2"))) void corners_3d(const v8si& z0, const v8si& y0, const v8si& x0,
+                                                  v8sf (&a)[8][3]) const {
+    alignas(32) int32_t off[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(off), __m256i(z0 * plane + y0 * row + x0 * 4));
+    for (int k = 0; k < 8; ++k) {
+      const int32_t d = ((k >> 2) & 1) * plane + ((k >> 1) & 1) * row + (k & 1) * 4;
+      load_entries<3>(tab, off, d, a[k]);
+    }
+  }
+};
+
+constexpr int kVecs2d = 4;  // v8sf vectors interleaved per thread (32 pixels)
+constexpr int kVecs3d = 2;  // (16 voxels: a 3D step has 3x the work and registers of a 2D one)
+
+__attribute__((target("avx2"), flatten)) void track_avx2_2d(const TableFlow2& flow, const Shape& s, int niter,
+                                                            const int64_t* idx, int count, float* positions) {
+  track_group<2, kVecs2d, v8sf>(flow, s, niter, idx, count, positions);
+}
+
+__attribute__((target("avx2"), flatten)) void track_avx2_3d(const TableFlow3& flow, const Shape& s, int niter,
+                                                            const int64_t* idx, int count, float* positions) {
+  track_group<3, kVecs3d, v8sf>(flow, s, niter, idx, count, positions);
+}
+
+// False when the AVX2 path cannot be used (avx2_path_enabled() false, niter == 0, table offsets beyond int32,
+// or no memory for the table); follow_flows then takes the scalar path.
+bool follow_all_avx2(const float* dP, const uint8_t* mask, const Shape& s, int niter, float* positions, int nt) {
+  if (!avx2_path_enabled() || niter == 0) return false;
+  const int64_t comps = s.ndim == 2 ? 2 : 4;
+  const int64_t entries = (s.ndim == 2 ? 1 : s.z + 1) * (s.y + 1) * (s.x + 1);
+  if (entries * comps + 8 > int64_t(INT32_MAX)) return false;
   std::vector<float> tab;
   try {
-    tab.resize(size_t((Y + 1) * (X + 1) * 2));
+    tab.resize(size_t(entries * comps));
   } catch (const std::bad_alloc&) {
     return false;
   }
-  build_table_2d(dP, mask, Y, X, tab.data(), nt);
-  const float* t = tab.data();
-  for_each_tracked_group<kGroup2d>(mask, s, niter, positions, nt, [&](const int64_t* idx, int count) {
-    track_avx2_2d(t, s, niter, idx, count, positions);
-  });
+  if (s.ndim == 2) {
+    build_table_2d(dP, mask, s.y, s.x, tab.data(), nt);
+    const TableFlow2 flow{tab.data(), int32_t(2 * (s.x + 1))};
+    for_each_tracked_group<8 * kVecs2d>(mask, s, niter, positions, nt, [&](const int64_t* idx, int count) {
+      track_avx2_2d(flow, s, niter, idx, count, positions);
+    });
+  } else {
+    build_table_3d(dP, mask, s.z, s.y, s.x, tab.data(), nt);
+    const int32_t row = int32_t(4 * (s.x + 1));
+    const TableFlow3 flow{tab.data(), row, int32_t(row * (s.y + 1))};
+    for_each_tracked_group<8 * kVecs3d>(mask, s, niter, positions, nt, [&](const int64_t* idx, int count) {
+      track_avx2_3d(flow, s, niter, idx, count, positions);
+    });
+  }
   return true;
 }
 
+}  // namespace
+}  // namespace cpu
+
 #endif  // FP_TRACK_AVX2
 
-}  // namespace
+namespace cpu {
 
 void follow_flows(const float* dP, const uint8_t* mask, const Shape& shape, int niter, float* positions,
                   const Exec& ex) {
   const int nt = cpu_threads(ex);
-  if (shape.ndim == 2) {
 #ifdef FP_TRACK_AVX2
-    if (follow_all_avx2_2d(dP, mask, shape, niter, positions, nt)) return;
+  if (follow_all_avx2(dP, mask, shape, niter, positions, nt)) return;
 #endif
-    follow_all<2>(dP, mask, shape, niter, positions, nt);
-  } else {
-    follow_all<3>(dP, mask, shape, niter, positions, nt);
-  }
+  if (shape.ndim == 2)
+    follow_all_scalar<2>(dP, mask, shape, niter, positions, nt);
+  else
+    follow_all_scalar<3>(dP, mask, shape, niter, positions, nt);
 }
 
 }  // namespace cpu

@@ -16,9 +16,9 @@ __global__ void follow_kernel(const float* __restrict__ dP, const uint8_t* __res
   const int64_t n = s.numel();
   FP_GRID_STRIDE(i, n) {
     if (s.ndim == 2)
-      impl::follow_pixel<2>(impl::MaskedPlanarFlow<2>{dP, mask, n}, mask, s, niter, i, positions);
+      impl::follow_pixel<2>(impl::MaskedPlanarFlow<2>{dP, mask, s.z, s.y, s.x}, mask, s, niter, i, positions);
     else
-      impl::follow_pixel<3>(impl::MaskedPlanarFlow<3>{dP, mask, n}, mask, s, niter, i, positions);
+      impl::follow_pixel<3>(impl::MaskedPlanarFlow<3>{dP, mask, s.z, s.y, s.x}, mask, s, niter, i, positions);
   }
 }
 

@@ -1,10 +1,17 @@
-// Per-pixel logic of follow_flows (shared by the CPU and CUDA backends).
+// Per-pixel logic of follow_flows, written once for every lane width (CPU scalar, CPU SIMD, CUDA).
 //
 // A tracked pixel starts at its integer coordinates and takes `niter` Euler steps
 //   pos = clamp(pos + interp(dP, pos) / 5, 0, extent - 1)
 // where interp is bilinear (2D) / trilinear (3D) in pixel coordinates and the flow of a corner pixel with
-// mask == 0 counts as 0.  The arithmetic below is the single definition used by both backends; its
-// operation order is fixed (contraction into FMA is disabled by the build flags).
+// mask == 0 counts as 0.  A pixel whose interpolated flow is exactly 0 is a fixed point and stops.
+//
+// step_2d / step_3d are templates over a lane type F: `float` (one pixel: the CPU scalar path and the CUDA
+// kernels) or a SIMD vector of floats (one pixel per lane: the CPU SIMD path, tracking/cpu.cpp).  The
+// arithmetic is the same C++ expression text for every F (+ - * / on F, in a fixed order; contraction into FMA
+// is disabled by the build flags); the few operations that are not operators go through Lanes<F>, whose
+// members are each one IEEE operation with the same definition for every lane type (Lanes<float> below is that
+// definition; a SIMD Lanes<> must give the same bits lane for lane, see tracking/cpu.cpp).  The flow values at
+// the corners come from a Flow object (MaskedPlanarFlow here; a SIMD layout of the same floats in cpu.cpp).
 #pragma once
 
 #include <cstdint>
@@ -14,77 +21,132 @@
 namespace fastpose {
 namespace impl {
 
-/// Clamp a coordinate to [0, hi]; NaN maps to 0 and +Inf to hi, so the result is always a valid position.
-FP_HOST_DEVICE float clamp_coord(float v, float hi) { return v > 0.0f ? (v < hi ? v : hi) : 0.0f; }
+/// Lane operations of the stepping functions.  Lanes<float> is the definition; a SIMD specialisation has the
+/// same members (Mask: a lane mask, Index: integer lanes) and gives bitwise the same result in every lane.
+template <class F>
+struct Lanes;
+
+template <>
+struct Lanes<float> {
+  using Mask = bool;
+  using Index = int64_t;
+  static constexpr int width = 1;
+  /// a > b ? a : b (so max(NaN, b) = b and max(-0, +0) = +0: the x86 MAXPS rule).
+  static FP_HOST_DEVICE float max(float a, float b) { return a > b ? a : b; }
+  /// a < b ? a : b (the x86 MINPS rule).
+  static FP_HOST_DEVICE float min(float a, float b) { return a < b ? a : b; }
+  /// m ? a : b.
+  static FP_HOST_DEVICE float select(bool m, float a, float b) { return m ? a : b; }
+  /// v != 0 (true for NaN).
+  static FP_HOST_DEVICE bool nonzero(float v) { return v != 0.0f; }
+  static FP_HOST_DEVICE bool both(bool a, bool b) { return a && b; }
+  static FP_HOST_DEVICE bool either(bool a, bool b) { return a || b; }
+  /// Truncation toward 0 (floor for the v >= 0 it is used on).
+  static FP_HOST_DEVICE int64_t trunc(float v) { return int64_t(v); }
+  /// Exact for the indices it is used on (the truncation of a float).
+  static FP_HOST_DEVICE float to_float(int64_t i) { return float(i); }
+  static FP_HOST_DEVICE float splat(float v) { return v; }
+  // Moving lanes between memory and registers (the drivers of the stepping functions).
+  static FP_HOST_DEVICE float load(const float* v) { return *v; }
+  static FP_HOST_DEVICE void store(float* out, float v) { *out = v; }
+  /// The mask of the lanes whose int32 flag (0 or -1) is non-zero.
+  static FP_HOST_DEVICE bool mask_of(const int32_t* flags) { return *flags != 0; }
+  static FP_HOST_DEVICE bool any(bool m) { return m; }
+};
+
+/// Clamp a coordinate to [0, hi] (hi >= 0): v > 0 ? (v < hi ? v : hi) : 0; NaN maps to 0 and +Inf to hi, so
+/// the result is always a valid position.
+template <class F, class L = Lanes<F>>
+FP_HOST_DEVICE F clamp_coord(const F& v, const F& hi) {
+  return L::min(L::max(v, L::splat(0.0f)), hi);
+}
 
 /// Linear interpolation between a (weight 1 - w) and b (weight w).
-FP_HOST_DEVICE float lerp_fixed(float a, float b, float w) { return (1.0f - w) * a + w * b; }
+template <class F>
+FP_HOST_DEVICE F lerp_fixed(const F& a, const F& b, const F& w) {
+  return (1.0f - w) * a + w * b;
+}
 
-/// Flow source of the stepping functions: corner(i, v) writes the NDIM flow components of pixel i into v,
-/// 0 where mask == 0 (the stepping is templated on it so that a backend could read another layout of
-/// the same values).  dP: [NDIM, Z, Y, X] float32, mask: [Z, Y, X] uint8.
+/// The scalar flow source: dP: [NDIM, Z, Y, X] float32, mask: [Z, Y, X] uint8; the flow of a pixel with
+/// mask == 0 is 0.  corners_2d / corners_3d give the flow at the 4 / 8 interpolation corners of the cell whose
+/// lowest corner is (y0, x0) / (z0, y0, x0) (inside the image); the other corner along each axis is
+/// min(c0 + 1, extent - 1).  Corner order: x fastest, then y, then z; a[k][c] = component c of corner k.
 template <int NDIM>
 struct MaskedPlanarFlow {
   const float* dP;
   const uint8_t* mask;
-  int64_t n;  // Z * Y * X
+  int64_t Z, Y, X;
+  FP_HOST_DEVICE int64_t n() const { return Z * Y * X; }
+  /// v = the NDIM components of pixel i, or 0 where mask[i] == 0.
   FP_HOST_DEVICE void corner(int64_t i, float* v) const {
     const bool m = mask[i] != 0;
-    for (int c = 0; c < NDIM; ++c) v[c] = m ? dP[c * n + i] : 0.0f;
+    for (int c = 0; c < NDIM; ++c) v[c] = m ? dP[c * n() + i] : 0.0f;
+  }
+  FP_HOST_DEVICE void corners_2d(int64_t y0, int64_t x0, float (&a)[4][2]) const {
+    const int64_t y1 = y0 + 1 < Y ? y0 + 1 : Y - 1;
+    const int64_t x1 = x0 + 1 < X ? x0 + 1 : X - 1;
+    corner(y0 * X + x0, a[0]);
+    corner(y0 * X + x1, a[1]);
+    corner(y1 * X + x0, a[2]);
+    corner(y1 * X + x1, a[3]);
+  }
+  FP_HOST_DEVICE void corners_3d(int64_t z0, int64_t y0, int64_t x0, float (&a)[8][3]) const {
+    const int64_t z1 = z0 + 1 < Z ? z0 + 1 : Z - 1;
+    const int64_t y1 = y0 + 1 < Y ? y0 + 1 : Y - 1;
+    const int64_t x1 = x0 + 1 < X ? x0 + 1 : X - 1;
+    corner((z0 * Y + y0) * X + x0, a[0]);
+    corner((z0 * Y + y0) * X + x1, a[1]);
+    corner((z0 * Y + y1) * X + x0, a[2]);
+    corner((z0 * Y + y1) * X + x1, a[3]);
+    corner((z1 * Y + y0) * X + x0, a[4]);
+    corner((z1 * Y + y0) * X + x1, a[5]);
+    corner((z1 * Y + y1) * X + x0, a[6]);
+    corner((z1 * Y + y1) * X + x1, a[7]);
   }
 };
 
-/// One Euler step of the 2D position p = (y, x), which must lie in [0, Y-1] x [0, X-1] (it stays there).
-/// Returns false when the interpolated flow is exactly 0: the position is then a fixed point, and
-/// stopping is exact.
-template <class Flow>
-FP_HOST_DEVICE bool step_2d(const Flow& flow, int64_t Y, int64_t X, float* p) {
+/// One Euler step of the 2D positions p = (y, x) in the lanes where `active` is set; p must lie in
+/// [0, hi[0]] x [0, hi[1]] (hi = extents - 1) and stays there.  A lane whose interpolated flow is exactly 0 is
+/// a fixed point: it keeps its position and leaves `active` (stopping is exact).  Inactive lanes keep theirs.
+template <class Flow, class F, class L = Lanes<F>>
+FP_HOST_DEVICE void step_2d(const Flow& flow, const F (&hi)[2], F (&p)[2], typename L::Mask& active) {
+  using I = typename L::Index;
   // Positions are >= 0 (clamped), so truncation is floor.
-  const int64_t y0 = int64_t(p[0]), x0 = int64_t(p[1]);
-  const int64_t y1 = y0 + 1 < Y ? y0 + 1 : Y - 1;
-  const int64_t x1 = x0 + 1 < X ? x0 + 1 : X - 1;
-  const float wy = p[0] - float(y0), wx = p[1] - float(x0);
-  float a00[2], a01[2], a10[2], a11[2];
-  flow.corner(y0 * X + x0, a00);
-  flow.corner(y0 * X + x1, a01);
-  flow.corner(y1 * X + x0, a10);
-  flow.corner(y1 * X + x1, a11);
-  float v[2];
+  const I y0 = L::trunc(p[0]), x0 = L::trunc(p[1]);
+  const F wy = p[0] - L::to_float(y0), wx = p[1] - L::to_float(x0);
+  F a[4][2];
+  flow.corners_2d(y0, x0, a);
+  F v[2];
   for (int c = 0; c < 2; ++c)
-    v[c] = lerp_fixed(lerp_fixed(a00[c], a01[c], wx), lerp_fixed(a10[c], a11[c], wx), wy);
-  if (v[0] == 0.0f && v[1] == 0.0f) return false;
-  p[0] = clamp_coord(p[0] + v[0] / 5.0f, float(Y - 1));
-  p[1] = clamp_coord(p[1] + v[1] / 5.0f, float(X - 1));
-  return true;
+    v[c] = lerp_fixed<F>(lerp_fixed<F>(a[0][c], a[1][c], wx), lerp_fixed<F>(a[2][c], a[3][c], wx), wy);
+  active = L::both(active, L::either(L::nonzero(v[0]), L::nonzero(v[1])));
+  for (int c = 0; c < 2; ++c) p[c] = L::select(active, clamp_coord<F, L>(p[c] + v[c] / 5.0f, hi[c]), p[c]);
 }
 
-/// One Euler step of the 3D position p = (z, y, x), inside the volume.  Returns false when the flow is
-/// exactly 0 (fixed point).
-template <class Flow>
-FP_HOST_DEVICE bool step_3d(const Flow& flow, int64_t Z, int64_t Y, int64_t X, float* p) {
-  const int64_t z0 = int64_t(p[0]), y0 = int64_t(p[1]), x0 = int64_t(p[2]);
-  const int64_t z1 = z0 + 1 < Z ? z0 + 1 : Z - 1;
-  const int64_t y1 = y0 + 1 < Y ? y0 + 1 : Y - 1;
-  const int64_t x1 = x0 + 1 < X ? x0 + 1 : X - 1;
-  const float wz = p[0] - float(z0), wy = p[1] - float(y0), wx = p[2] - float(x0);
-  float a[8][3];
-  flow.corner((z0 * Y + y0) * X + x0, a[0]);
-  flow.corner((z0 * Y + y0) * X + x1, a[1]);
-  flow.corner((z0 * Y + y1) * X + x0, a[2]);
-  flow.corner((z0 * Y + y1) * X + x1, a[3]);
-  flow.corner((z1 * Y + y0) * X + x0, a[4]);
-  flow.corner((z1 * Y + y0) * X + x1, a[5]);
-  flow.corner((z1 * Y + y1) * X + x0, a[6]);
-  flow.corner((z1 * Y + y1) * X + x1, a[7]);
-  float v[3];
+/// One Euler step of the 3D positions p = (z, y, x), as step_2d.
+template <class Flow, class F, class L = Lanes<F>>
+FP_HOST_DEVICE void step_3d(const Flow& flow, const F (&hi)[3], F (&p)[3], typename L::Mask& active) {
+  using I = typename L::Index;
+  const I z0 = L::trunc(p[0]), y0 = L::trunc(p[1]), x0 = L::trunc(p[2]);
+  const F wz = p[0] - L::to_float(z0), wy = p[1] - L::to_float(y0), wx = p[2] - L::to_float(x0);
+  F a[8][3];
+  flow.corners_3d(z0, y0, x0, a);
+  F v[3];
   for (int c = 0; c < 3; ++c)
-    v[c] = lerp_fixed(lerp_fixed(lerp_fixed(a[0][c], a[1][c], wx), lerp_fixed(a[2][c], a[3][c], wx), wy),
-                      lerp_fixed(lerp_fixed(a[4][c], a[5][c], wx), lerp_fixed(a[6][c], a[7][c], wx), wy), wz);
-  if (v[0] == 0.0f && v[1] == 0.0f && v[2] == 0.0f) return false;
-  p[0] = clamp_coord(p[0] + v[0] / 5.0f, float(Z - 1));
-  p[1] = clamp_coord(p[1] + v[1] / 5.0f, float(Y - 1));
-  p[2] = clamp_coord(p[2] + v[2] / 5.0f, float(X - 1));
-  return true;
+    v[c] = lerp_fixed<F>(
+        lerp_fixed<F>(lerp_fixed<F>(a[0][c], a[1][c], wx), lerp_fixed<F>(a[2][c], a[3][c], wx), wy),
+        lerp_fixed<F>(lerp_fixed<F>(a[4][c], a[5][c], wx), lerp_fixed<F>(a[6][c], a[7][c], wx), wy), wz);
+  active = L::both(active, L::either(L::either(L::nonzero(v[0]), L::nonzero(v[1])), L::nonzero(v[2])));
+  for (int c = 0; c < 3; ++c) p[c] = L::select(active, clamp_coord<F, L>(p[c] + v[c] / 5.0f, hi[c]), p[c]);
+}
+
+/// The NDIM-dimensional step (step_2d or step_3d).
+template <int NDIM, class Flow, class F, class L = Lanes<F>>
+FP_HOST_DEVICE void step(const Flow& flow, const F (&hi)[NDIM], F (&p)[NDIM], typename L::Mask& active) {
+  if constexpr (NDIM == 2)
+    step_2d<Flow, F, L>(flow, hi, p, active);
+  else
+    step_3d<Flow, F, L>(flow, hi, p, active);
 }
 
 /// Integer coordinates of pixel i as the start position p[0..ndim-1] ((y, x) in 2D, (z, y, x) in 3D).
@@ -106,24 +168,28 @@ FP_HOST_DEVICE void store_position(const Shape& s, int64_t i, const float* p, fl
   for (int a = 0; a < s.ndim; ++a) positions[a * n + i] = p[a];
 }
 
-/// Final position of pixel i (flat index into [Z, Y, X]) of an image of shape s (s.ndim == NDIM):
-/// niter steps when mask[i] != 0, else its own coordinates.  mask: [Z, Y, X] uint8,
-/// positions: [NDIM, Z, Y, X] float32.  (The CPU backend interleaves several pixels through the same
-/// start_position / step / store_position calls.)
-template <int NDIM, class Flow>
-FP_HOST_DEVICE void follow_pixel(const Flow& flow, const uint8_t* mask, const Shape& s, int niter, int64_t i,
-                                 float* positions) {
+/// hi[a] = extent - 1 along axis a of the NDIM axes.
+template <int NDIM>
+FP_HOST_DEVICE void position_limits(const Shape& s, float (&hi)[NDIM]) {
+  for (int a = 0; a < NDIM; ++a) hi[a] = float(s.dim(a) - 1);
+}
+
+/// Final position of pixel i (flat index into [Z, Y, X]) of an image of shape s (s.ndim == NDIM): niter
+/// steps when mask[i] != 0, else its own coordinates.  mask: [Z, Y, X] uint8, positions: [NDIM, Z, Y, X]
+/// float32.  (The CUDA kernel's per-thread work; the CPU backend runs the same steps on several pixels at a
+/// time, tracking/cpu.cpp.)
+template <int NDIM>
+FP_HOST_DEVICE void follow_pixel(const MaskedPlanarFlow<NDIM>& flow, const uint8_t* mask, const Shape& s, int niter,
+                                 int64_t i, float* positions) {
   float p[3];
   start_position(s, i, p);
   if (mask[i]) {
-    for (int t = 0; t < niter; ++t) {
-      bool moved;
-      if constexpr (NDIM == 2)
-        moved = step_2d(flow, s.y, s.x, p);
-      else
-        moved = step_3d(flow, s.z, s.y, s.x, p);
-      if (!moved) break;
-    }
+    float hi[NDIM], q[NDIM];
+    position_limits<NDIM>(s, hi);
+    for (int a = 0; a < NDIM; ++a) q[a] = p[a];
+    bool active = true;
+    for (int t = 0; t < niter && active; ++t) step<NDIM>(flow, hi, q, active);
+    for (int a = 0; a < NDIM; ++a) p[a] = q[a];
   }
   store_position(s, i, p, positions);
 }
