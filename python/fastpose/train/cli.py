@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from .. import checks
 from .recipes import PLAIN_DEFAULTS, RECIPES, Recipe
 
 __all__ = ["add_parser", "add_card_parser", "run", "run_card", "command_line"]
@@ -25,12 +26,31 @@ _REPRODUCE = "\n".join(f"  {r.command()}" for r in RECIPES.values())
 
 
 def _workers(v: str) -> Any:
-    if v == "auto":
+    if v.strip() == "auto":
         return "auto"
-    n = int(v)
-    if n < 0:
-        raise argparse.ArgumentTypeError("workers must be >= 0 or 'auto'")
+    try:
+        return checks.integer(v, "", lo=0)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{str(e).strip()} (or 'auto')") from None
+
+
+def _holdout(text: str, name: str) -> int:
+    """0 (hold nothing out) or N >= 2 (N = 1 would hold out every image)."""
+    n = checks.integer(text, name, lo=0)
+    assert n is not None
+    if n == 1:
+        raise ValueError(f"{name} must be 0 (none) or N >= 2 (about 1/N of the images), got 1, which holds out "
+                         "every image")
     return n
+
+
+#: argparse types that check the value and name the flag in the message (fastpose.checks)
+_INT0 = checks.arg(checks.integer, lo=0)
+_INT1 = checks.arg(checks.integer, lo=1)
+_DIAMETER = checks.arg(checks.number, lo=0.0, lo_open=True, hi=checks.LIMITS["diameter"])
+_EPOCHS = checks.arg(checks.integer, lo=1, hi=checks.LIMITS["epochs"])
+_BUDGET = checks.arg(checks.number, lo=0.0, lo_open=True, hi=checks.LIMITS["time_budget"])
+_BATCH = checks.arg(checks.integer, lo=1, hi=checks.LIMITS["batch_size"])
 
 
 def _add_data_args(s: argparse.ArgumentParser) -> None:
@@ -40,25 +60,25 @@ def _add_data_args(s: argparse.ArgumentParser) -> None:
     g.add_argument("--data", "--dir", dest="dir", default=None,
                    help="training folder with *_img.tif and *_masks.tif files")
     g.add_argument("--val-dir", default=None, help="validation folder (default: none, or --holdout-every)")
-    g.add_argument("--holdout-every", type=int, default=None, metavar="N",
+    g.add_argument("--holdout-every", type=checks.arg(_holdout), default=None, metavar="N",
                    help="hold out of --data the images whose SHA-1 of the id is 0 mod N (about 1/N of them) as "
                         "validation data; the split depends on the ids alone (nuclei recipe: 10)")
     g.add_argument("--exclude", nargs="+", default=None, metavar="ID",
                    help="image ids (file stem less --img-filter) to leave out of training and validation "
                         "(nuclei recipe: the bundled sample image)")
-    g.add_argument("--synthetic-cyto", type=int, default=None, metavar="N",
+    g.add_argument("--synthetic-cyto", type=_INT0, default=None, metavar="N",
                    help="train on N synthetic two-channel cell images from fastpose.synthetic_cells and hold out "
                         "N/8 more (256x256, seed 0) instead of --data (cyto recipe: 400)")
-    g.add_argument("--channel-axis", type=int, default=None,
+    g.add_argument("--channel-axis", type=checks.arg(checks.axis), default=None,
                    help="channel axis of 3D (multichannel 2D) files; 2D files are always (Y, X); a 3D file "
                         "without it is an error, never a guess (nuclei recipe: -1; cyto: 0)")
     g.add_argument("--grey", action=argparse.BooleanOptionalAction, default=None,
                    help="average the (first three) channels of colour images into channel 0 (nuclei recipe)")
     g.add_argument("--img-filter", default="_img", help="image file name suffix before .tif (default _img)")
     g.add_argument("--mask-filter", default="_masks", help="mask file name suffix before .tif (default _masks)")
-    g.add_argument("--min-masks", type=int, default=1, help="skip images with fewer masks (default 1)")
+    g.add_argument("--min-masks", type=_INT0, default=1, help="skip images with fewer masks (default 1)")
     g.add_argument("--cache-dir", default=None, help="folder for cached flow targets (default: next to masks)")
-    g.add_argument("--limit", type=int, default=None, metavar="N",
+    g.add_argument("--limit", type=_INT1, default=None, metavar="N",
                    help="use only the first N training and N held-out images (smoke runs)")
 
 
@@ -113,35 +133,37 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     g.add_argument("--model", default="scratch",
                    help="'scratch' (default) for a new U-Net, or a model file / built-in name to fine-tune")
     g.add_argument("--out", required=True, help="where to write the trained model file (.pth)")
-    g.add_argument("--nbase", type=int, nargs="+", default=None, metavar="N",
+    g.add_argument("--nbase", type=_INT1, nargs="+", default=None, metavar="N",
                    help="U-Net widths for --model scratch, input channels first (default 2 32 64 128 256)")
-    g.add_argument("--diam-mean", type=float, default=None,
+    g.add_argument("--diam-mean", type=_DIAMETER, default=None,
                    help="cell diameter (pixels) images are scaled to, for --model scratch (default 30; "
                         "nuclei recipe 17)")
     g = s.add_argument_group("schedule")
-    g.add_argument("--epochs", type=int, default=None,
+    g.add_argument("--epochs", type=_EPOCHS, default=None,
                    help="epochs (default 500 from scratch, 100 when fine-tuning; with --time-budget: no limit)")
-    g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+    g.add_argument("--time-budget", type=_BUDGET, default=None, metavar="SECONDS",
                    help="train for this many wall-clock seconds instead of epochs: linear warm-up over the first "
                         "--warmup-fraction, then the rate halves at --anneal-start and every --anneal-every of "
                         "the budget (nuclei recipe 330, cyto 228)")
-    g.add_argument("--warmup-fraction", type=float, default=0.05, help="warm-up, fraction of the budget (0.05)")
-    g.add_argument("--anneal-start", type=float, default=0.7,
+    g.add_argument("--warmup-fraction", type=checks.arg(checks.probability), default=0.05,
+                   help="warm-up, fraction of the budget (0.05)")
+    g.add_argument("--anneal-start", type=checks.arg(checks.probability), default=0.7,
                    help="first halving of the rate, fraction of the budget (0.7)")
-    g.add_argument("--anneal-every", type=float, default=0.06,
+    g.add_argument("--anneal-every", type=checks.arg(checks.probability, open_low=True), default=0.06,
                    help="then halve every this fraction of the budget (0.06)")
-    g.add_argument("--lr", type=float, default=None,
+    g.add_argument("--lr", type=checks.arg(checks.number, lo=0.0, lo_open=True), default=None,
                    help="learning rate (default: SGD 0.2; AdamW 5e-3 for a U-Net, 5e-5 for a ViT)")
-    g.add_argument("--weight-decay", type=float, default=None,
+    g.add_argument("--weight-decay", type=checks.arg(checks.number, lo=0.0), default=None,
                    help="weight decay (default: SGD 1e-5; AdamW 1e-4 for a U-Net, 0.1 for a ViT)")
     g.add_argument("--optimizer", choices=["auto", "sgd", "adamw"], default=None,
                    help="auto (default): SGD from scratch, AdamW when fine-tuning or for a ViT")
-    g.add_argument("--batch-size", type=int, default=None, help="crops per step (default 8; nuclei recipe 16)")
-    g.add_argument("--images-per-epoch", type=int, default=None,
+    g.add_argument("--batch-size", type=_BATCH, default=None, help="crops per step (default 8; nuclei recipe 16)")
+    g.add_argument("--images-per-epoch", type=_INT1, default=None,
                    help="crops per epoch (default: the number of training images)")
-    g.add_argument("--warmup-epochs", type=int, default=10, help="linear learning-rate warm-up (default 10)")
-    g.add_argument("--tile", type=int, default=None, help="crop size (default 224; a ViT's input size)")
-    g.add_argument("--scale-range", type=float, default=0.5,
+    g.add_argument("--warmup-epochs", type=_INT0, default=10, help="linear learning-rate warm-up (default 10)")
+    g.add_argument("--tile", type=checks.arg(checks.integer, lo=16, hi=4096), default=None,
+                   help="crop size (default 224; a ViT's input size)")
+    g.add_argument("--scale-range", type=checks.arg(checks.number, lo=0.0, hi=2.0, hi_open=True), default=0.5,
                    help="random scale 1 +- range/2 around the mean diameter (default 0.5: 0.75-1.25)")
     g.add_argument("--no-rescale", action="store_true",
                    help="do not scale images so their median cell diameter matches --diam-mean")
@@ -161,15 +183,15 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
                         "aot_eager to check the path); default: eager PyTorch")
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU (default: bf16 autocast)")
     g = s.add_argument_group("outputs")
-    g.add_argument("--val-every", type=int, default=None,
+    g.add_argument("--val-every", type=_INT0, default=None,
                    help="validate on the held-out images every N epochs (default 10; 0: never, as in the recipes)")
     g.add_argument("--save-dir", default=None,
                    help="checkpoint folder (model_last.pth, model_best.pth, train_state.pt); "
                         "default: <out without suffix>_train")
-    g.add_argument("--save-every", type=int, default=1, help="write checkpoints every N epochs (default 1)")
+    g.add_argument("--save-every", type=_INT1, default=1, help="write checkpoints every N epochs (default 1)")
     g.add_argument("--resume", default=None, help="train_state.pt (or its folder) to continue from (epoch runs)")
     g.add_argument("--no-size-model", action="store_true", help="do not fit the style -> diameter model")
-    g.add_argument("--size-model-epochs", type=int, default=None,
+    g.add_argument("--size-model-epochs", type=_INT1, default=None,
                    help="random crops per training image for the size model (default 10; recipes 2)")
     g.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
                    help="store the weights in float16 (recipes: yes)")
@@ -178,7 +200,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
                         "<out>.json, also stored in the model file (recipes: yes)")
     g.add_argument("--card-modes", nargs="+", choices=list(MODES), default=list(DEFAULT_MODES), metavar="MODE",
                    help=f"what the card scores: {', '.join(MODES)} (default: {' '.join(DEFAULT_MODES)})")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--seed", type=_INT0, default=0, help="random seed (default 0)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto (default): the GPU when one is usable")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -266,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--card needs held-out images: --holdout-every N, --val-dir or --synthetic-cyto")
     out = Path(args.out)
     save_dir = Path(args.save_dir) if args.save_dir else out.with_name(out.stem + "_train")
-    epochs = args.epochs or (None if args.time_budget else (500 if scratch else 100))
+    epochs = args.epochs if args.epochs is not None else (None if args.time_budget else (500 if scratch else 100))
     res = train(model, src.train, src.heldout, epochs=epochs, time_budget=args.time_budget, lr=args.lr,
                 batch_size=args.batch_size, images_per_epoch=args.images_per_epoch, optimizer=optimizer,
                 weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,

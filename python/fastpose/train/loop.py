@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import checks
 from .batches import BatchMaker, auto_workers, batch_tasks, iter_batches, make_batch
 from .data import as_train_data
 from .evaluate import is_vit, evaluate_ap
@@ -165,13 +166,16 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
           device: Union[str, torch.device] = "auto", progress: bool = True) -> TrainResult:
     """Train (or fine-tune) a segmentation network on images with label masks.
 
+    Every parameter is checked (:mod:`fastpose.checks`) before anything is loaded or trained: a ValueError
+    names it, what was given and what is allowed.
+
     Args:
         model: a :class:`~fastpose.models.UNet` / :class:`~fastpose.models.ViT`, or a model file to
             fine-tune (loaded with :func:`~fastpose.models.load_model`).
         train_data, val_data: a :class:`TrainData`, a folder of ``*_img.tif`` + ``*_masks.tif``, or a
             list of (image, masks) pairs (images [Y, X] or channels-first [C, Y, X]).
-        epochs: total epochs (a resumed run continues up to this number).  Default 100, or with
-            ``time_budget`` no limit.
+        epochs: total epochs, 1 to ``LIMITS["epochs"]`` (a resumed run continues up to this number; 0 is an
+            error, not the default).  Default (None) 100, or with ``time_budget`` no limit.
         time_budget: train for this many wall-clock seconds instead (compilation and checkpoints count;
             the size model and the final validation come after); the rate follows :func:`budget_lr` with
             ``warmup_fraction``, ``anneal_start`` and ``anneal_every`` instead of :func:`lr_schedule`.
@@ -212,6 +216,44 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
 
     from ..models import DEFAULT_NORMALIZE, load_model, save_model
 
+    L = checks.LIMITS
+    epochs = checks.integer(epochs, "epochs", lo=1, hi=L["epochs"], none_ok=True)  # 0 is an error, not "default"
+    time_budget = checks.number(time_budget, "time_budget", lo=0.0, lo_open=True, hi=L["time_budget"], none_ok=True)
+    lr = checks.number(lr, "lr", lo=0.0, lo_open=True, none_ok=True)
+    batch_size = checks.integer(batch_size, "batch_size", lo=1, hi=L["batch_size"])
+    images_per_epoch = checks.integer(images_per_epoch, "images_per_epoch", lo=1, none_ok=True)
+    optimizer = checks.choice(optimizer, "optimizer", ("auto", "sgd", "adamw"))
+    weight_decay = checks.number(weight_decay, "weight_decay", lo=0.0, none_ok=True)
+    momentum = checks.number(momentum, "momentum", lo=0.0, hi=1.0, hi_open=True)
+    warmup_epochs = checks.integer(warmup_epochs, "warmup_epochs", lo=0)
+    warmup_fraction = checks.probability(warmup_fraction, "warmup_fraction")
+    anneal_start = checks.probability(anneal_start, "anneal_start")
+    anneal_every = checks.probability(anneal_every, "anneal_every", open_low=True)
+    tile = checks.integer(tile, "tile", lo=16, hi=4096, none_ok=True)
+    scale_range = checks.number(scale_range, "scale_range", lo=0.0, hi=2.0, hi_open=True)
+    rescale = None if rescale is None else checks.boolean(rescale, "rescale")
+    for name, v in (("sam_augment", sam_augment), ("size_model", size_model), ("progress", progress)):
+        checks.boolean(v, name)
+    min_masks = checks.integer(min_masks, "min_masks", lo=0)
+    channel_axis = checks.axis(channel_axis, "channel_axis")
+    val_every = checks.integer(val_every, "val_every", lo=0)
+    save_every = checks.integer(save_every, "save_every", lo=1)
+    size_model_epochs = checks.integer(size_model_epochs, "size_model_epochs", lo=1)
+    if not isinstance(amp, (bool, np.bool_)):
+        checks.choice(amp, "amp", (True, False, "auto"))
+    if not isinstance(channels_last, (bool, np.bool_)):
+        checks.choice(channels_last, "channels_last", (True, False, "auto"))
+    if compile_backend is not None and not (isinstance(compile_backend, str) and compile_backend):
+        raise ValueError(f"compile_backend must be None or a torch.compile backend name, got {compile_backend!r}")
+    if workers != "auto":
+        workers = checks.integer(workers, "workers", lo=0)
+    worker_type = checks.choice(worker_type, "worker_type", ("process", "thread"))
+    prefetch = checks.integer(prefetch, "prefetch", lo=1, none_ok=True)
+    log_every = checks.integer(log_every, "log_every", lo=1)
+    seed = checks.integer(seed, "seed", lo=0, hi=2 ** 63 - 1)
+    if not isinstance(device, torch.device):
+        device = checks.choice(device, "device", ("auto", "cpu", "cuda")) if not str(device).startswith("cuda:") \
+            else device
     dev = resolve_device(device)
     fine_tune = not isinstance(model, nn.Module)
     if fine_tune:
@@ -223,14 +265,10 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
     timed = time_budget is not None
     if not vit and tile % model.size_multiple:
         raise ValueError(f"tile must be a multiple of {model.size_multiple}, got {tile}")
-    if timed and not time_budget > 0:
-        raise ValueError(f"time_budget must be > 0 seconds, got {time_budget}")
     if timed and resume is not None:
         raise ValueError("resume continues epoch-counted runs; a time-budget run cannot be continued exactly")
     if epochs is None and not timed:
         epochs = 100
-    if (epochs is not None and epochs < 1) or batch_size < 1:
-        raise ValueError("epochs and batch_size must be >= 1")
     n_workers = auto_workers() if workers == "auto" else int(workers)
     kw: Dict[str, Any] = dict(min_masks=min_masks, cache_dir=cache_dir)
     if channel_axis is not None:

@@ -14,6 +14,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
+from .. import checks
 from .augment import random_affine, warp_sample
 from .data import TrainData
 
@@ -31,10 +32,14 @@ def fit_size_model(styles: np.ndarray, diams: np.ndarray, diam_mean: float, l2: 
         diam_mean: the network's mean diameter.
         l2: ridge penalty (Cellpose: 1.0).
     """
+    diam_mean = checks.number(diam_mean, "diam_mean", lo=0.0, lo_open=True)
+    l2 = checks.number(l2, "l2", lo=0.0)
     X = np.asarray(styles, np.float64)
     d = np.asarray(diams, np.float64)
-    if X.ndim != 2 or d.shape != (X.shape[0],):
-        raise ValueError(f"styles must be [N, S] and diams [N], got {X.shape} and {d.shape}")
+    if X.ndim != 2 or d.shape != (X.shape[0],) or X.shape[0] == 0:
+        raise ValueError(f"styles must be [N, S] and diams [N] with N >= 1, got {X.shape} and {d.shape}")
+    if not (np.isfinite(X).all() and np.isfinite(d).all()):
+        raise ValueError("styles and diams must be finite (no NaN or Inf)")
     if np.any(d <= 0):
         raise ValueError("diameters must be positive")
     y = np.log(d) - np.log(diam_mean)
@@ -59,7 +64,13 @@ def collect_styles(model: Any, data: TrainData, n_epochs: int = 10, batch_size: 
     and the diameters of the cells in each crop.  Returns (styles [N, S], diams [N])."""
     import torch
 
+    n_epochs = checks.integer(n_epochs, "n_epochs", lo=1, hi=checks.LIMITS["epochs"])  # 0 is an error
+    batch_size = checks.integer(batch_size, "batch_size", lo=1, hi=checks.LIMITS["batch_size"])
+    tile = checks.integer(tile, "tile", lo=16, hi=4096)
+    seed = checks.integer(seed, "seed", lo=0)
     rng = np.random.default_rng(seed)
+    if len(data) == 0:
+        raise ValueError("no training images to collect styles from")
     was_training = model.training
     model.eval()
     styles, diams = [], []
