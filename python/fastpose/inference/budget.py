@@ -102,10 +102,11 @@ class MemoryPlan:
     whole_parts: Dict[str, int] = field(default_factory=dict)
     bounded_parts: Dict[str, int] = field(default_factory=dict)
 
-    def choose(self, bounded_ok: bool = True, why_not: str = "") -> str:
-        """``"whole"`` when the whole-image path fits the budget, else ``"bounded"`` when that fits (and is
-        possible: ``bounded_ok``), else ValueError with the estimates, the budget and what to do."""
-        if self.whole <= self.budget:
+    def choose(self, bounded_ok: bool = True, why_not: str = "", whole_ok: bool = True) -> str:
+        """``"whole"`` when the whole-image path fits the budget (and is possible: ``whole_ok``), else
+        ``"bounded"`` when that fits (and is possible: ``bounded_ok``), else ValueError with the estimates, the
+        budget and what to do."""
+        if whole_ok and self.whole <= self.budget:
             return "whole"
         if bounded_ok and self.bounded <= self.budget:
             log.info("image %dx%d: whole-image path ~%s over the budget %s; tiling it within ~%s", *self.shape,
@@ -142,7 +143,7 @@ def plan_2d(shape: Tuple[int, int], *, nchan: int, n_outputs: int, tile: int, pa
     Pp = yp * xp
     g = plan_tiles(yp, xp, tile, tile_overlap, augment)
     T = g.count * g.by * g.bx
-    net = batch_size * g.by * g.bx * (NET_BYTES_PER_TILE_PIXEL + 4 * (C + 2 * O))
+    net = min(batch_size, g.count) * g.by * g.bx * (NET_BYTES_PER_TILE_PIXEL + 4 * (C + 2 * O))
     masks = MASKS_BYTES_PER_PIXEL * P
     # whole-image path: phases (prepare, network, mask recovery); the prepared image lives throughout
     held = 4 * C * P

@@ -24,9 +24,10 @@ from ..core import cuda_available
 from ..models import load_model, spec_of
 from ..models.spec import ModelSpec
 from ..transforms import normalize as normalize_image
-from ..transforms import resize, scaled_size, to_channels_first
+from ..transforms import LazyImage, channel_view, prepare_lazy, resize, scaled_size, to_channels_first
+from .budget import MemoryPlan, parse_memory, plan_2d, resolve_budget
 from .result import SegmentResult
-from .tiled import run_tiled
+from .tiled import run_tiled, run_tiled_bounded
 from .volume import stitch3D, volume_maps
 
 __all__ = ["Segmenter", "segment"]
@@ -57,9 +58,16 @@ class Segmenter:
         Network precision on the GPU ("auto" = fp16 there, fp32 on the CPU).
     batch_size : int
         Tiles per network batch.
-    backend : "torch", "compile", "onnxruntime" or "tensorrt"
-        How the network runs (see :mod:`fastpose.deploy.backends`): eager PyTorch (default), ``torch.compile``,
-        an ONNX export in onnxruntime, or a TensorRT engine (GPU; precision from ``precision``).
+    backend : "auto", "torch", "compile", "onnxruntime" or "tensorrt"
+        How the network runs (see :mod:`fastpose.deploy.backends`): "auto" (default) is the fastest runtime
+        giving the same masks -- onnxruntime on the CPU (a cached ONNX export; ~2.9x eager PyTorch on 2 cores),
+        eager PyTorch on a GPU; or eager PyTorch, ``torch.compile``, an ONNX export in onnxruntime, or a
+        TensorRT engine (GPU; precision from ``precision``).  The ``backend`` attribute holds what it resolved to.
+    max_memory : int, str or None
+        Memory budget of 2D segmentation, bytes or a size such as ``"8GB"`` (None: 80% of the memory available
+        when an image arrives; see :mod:`fastpose.inference.budget`).  Images whose whole-image path would
+        exceed it are tiled from the original array within a bounded working set (the same maps); beyond what
+        that needs, a ValueError gives the estimate and what to do.
 
     Attributes
     ----------
@@ -70,8 +78,8 @@ class Segmenter:
     """
 
     def __init__(self, model: Any = "nuclei", device: str = "auto", precision: str = "auto",
-                 batch_size: int = 8, backend: str = "torch") -> None:
-        from ..deploy.backends import check_backend, make_runner
+                 batch_size: int = 8, backend: str = "auto", max_memory: Any = None) -> None:
+        from ..deploy.backends import check_backend, make_runner, resolve_backend
 
         check_backend(backend)
         device = checks.choice(device, "device", ("auto", "cpu", "cuda"))
@@ -113,9 +121,13 @@ class Segmenter:
         self.spec: ModelSpec = specs[0]
         self.family = methods.get_family(self.spec.family)
         self.size_model = self.metas[0].get("size_model")
-        self.backend = backend
+        #: the backend the network runs on ("auto" resolved for this device, precision and network)
+        self.backend: str = resolve_backend(backend, self.device, self.precision, self.nets)
+        #: the memory budget in bytes (None: a fraction of the available memory, per image)
+        self.max_memory: Optional[int] = parse_memory(max_memory)
         #: what the tiled path calls per network: the module itself for "torch", else a backend runner
-        self.runners = [make_runner(net, backend, self.device, self.batch_size, self.precision) for net in self.nets]
+        self.runners = [make_runner(net, self.backend, self.device, self.batch_size, self.precision)
+                        for net in self.nets]
 
     # ---- what the spec says ---------------------------------------------------------------------
     @property
@@ -153,16 +165,48 @@ class Segmenter:
                 invert: bool = False) -> np.ndarray:
         """Channels first (float32 [C, Y, X] or [C, Z, Y, X] with the model's channel count), normalised as the
         model file says (``normalize=True``), per block (``"tile"``) or not at all (False); ``invert`` inverts
-        in addition to the model's own setting."""
-        x = to_channels_first(image, channel_axis, z_axis, channels, self.nchan, volume)
-        norm = self.spec.normalize
-        return normalize_image(x, normalize, float(norm["lower"]), float(norm["upper"]),
-                               bool(invert or norm.get("invert", False)))
+        in addition to the model's own setting.
 
-    def maps(self, x: np.ndarray, rescale: float = 1.0, augment: bool = False,
+        A 2D image whose whole-image path would exceed the memory budget (``max_memory``) comes back as a
+        :class:`~fastpose.transforms.LazyImage` instead: the same values, read block by block from ``image``
+        (see :mod:`.budget`); the other methods take either."""
+        norm = self.spec.normalize
+        lower, upper, inv = float(norm["lower"]), float(norm["upper"]), bool(invert or norm.get("invert", False))
+        if not volume:
+            src, _ = channel_view(image, channel_axis, z_axis, channels, self.nchan, volume)
+            plan = self.memory_plan(src.shape[-2:])
+            if plan.whole > plan.budget:
+                plan.choose(bounded_ok=normalize != "tile", why_not="normalize='tile' needs the whole image")
+                return prepare_lazy(image, channel_axis, channels, self.nchan, normalize, lower, upper, inv)
+        x = to_channels_first(image, channel_axis, z_axis, channels, self.nchan, volume)
+        return normalize_image(x, normalize, lower, upper, inv)
+
+    def memory_plan(self, shape: Sequence[int], rescale: float = 1.0, augment: bool = False,
+                    tile_overlap: float = 0.1, prepared: bool = False) -> MemoryPlan:
+        """Estimated peak memory of the whole-image and the bounded 2D paths for an image of spatial ``shape``
+        against this segmenter's budget (see :func:`.budget.plan_2d`)."""
+        return plan_2d(tuple(int(s) for s in shape[-2:]), nchan=self.nchan, n_outputs=self.spec.n_outputs,
+                       tile=self.spec.tile, padding=self.spec.padding, rescale=rescale, augment=augment,
+                       tile_overlap=tile_overlap, batch_size=self.batch_size, prepared=prepared,
+                       budget=resolve_budget(self.max_memory))
+
+    def maps(self, x: Any, rescale: float = 1.0, augment: bool = False,
              tile_overlap: float = 0.1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Maps of a prepared image [C, Y, X] (or a batch [B, C, Y, X] of equal size) resized by ``rescale`` for
-        the network and back: (maps [(B,) n_outputs, Y, X] on the core's device, styles [(B,) S] or None)."""
+        the network and back: (maps [(B,) n_outputs, Y, X] on the core's device, styles [(B,) S] or None).
+
+        A :class:`~fastpose.transforms.LazyImage`, or images whose whole-image path would exceed the memory
+        budget, go through the bounded path (:meth:`maps_bounded`; maps on the CPU)."""
+        if isinstance(x, LazyImage):
+            return self.maps_bounded(x, rescale, augment, tile_overlap)
+        plan = self.memory_plan(x.shape[-2:], rescale, augment, tile_overlap, prepared=True)
+        n = 1 if x.ndim == 3 else int(x.shape[0])
+        if plan.whole * n > plan.budget:
+            if x.ndim == 3:
+                return self.maps_bounded(x, rescale, augment, tile_overlap)
+            parts = [self.maps(xi, rescale, augment, tile_overlap) for xi in x]  # one image at a time
+            st = None if parts[0][1] is None else torch.stack([p[1] for p in parts])
+            return (parts[0][0][None] if n == 1 else torch.stack([p[0] for p in parts])), st
         single = x.ndim == 3
         t = torch.from_numpy(x[None] if single else x).to(self.device)
         Ly, Lx = x.shape[-2:]
@@ -175,6 +219,24 @@ class Segmenter:
             return y[0], (None if st is None else st[0])
         return y, st
 
+    def maps_bounded(self, x: Any, rescale: float = 1.0, augment: bool = False,
+                     tile_overlap: float = 0.1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """:meth:`maps` of one prepared image (a :class:`~fastpose.transforms.LazyImage` or a float32 [C, Y, X]
+        array) by the bounded path (:func:`.tiled.run_tiled_bounded`): the same maps, float32 [n_outputs, Y, X]
+        in one preallocated CPU tensor; ValueError when even that exceeds the memory budget."""
+        plan = self.memory_plan(x.shape[-2:], rescale, augment, tile_overlap, prepared=True)
+        lazy = isinstance(x, LazyImage)
+        if rescale != 1.0:  # not tiled yet: the whole-image path, if the budget allows it
+            if plan.whole + (x.nbytes if lazy else 0) > plan.budget:
+                plan.choose(bounded_ok=False, why_not=f"resizing by {rescale:.3g} (for the diameter) is done on "
+                                                      "the whole image; diameter=0 segments it unresized")
+            return self.maps(np.asarray(x) if lazy else x, rescale, augment, tile_overlap)
+        if plan.bounded + (0 if lazy else x.nbytes) > plan.budget:
+            plan.choose(bounded_ok=True, whole_ok=False)
+        y, st = run_tiled_bounded(self.runners, x, self.spec, net_device=self.device, batch_size=self.batch_size,
+                                  precision=self.precision, augment=augment, tile_overlap=tile_overlap)
+        return torch.from_numpy(y), st
+
     def recover(self, maps: torch.Tensor, style: Optional[torch.Tensor], rescale: float, diameter: Optional[float],
                 options: Mapping[str, Any], return_flows: bool) -> SegmentResult:
         """The family's post-processing of one image's maps (runs on the core's device)."""
@@ -186,7 +248,8 @@ class Segmenter:
     def segment_prepared(self, x: np.ndarray, diameter: Optional[float], augment: bool = False,
                          tile_overlap: float = 0.1, options: Mapping[str, Any] = (),
                          return_flows: bool = False) -> SegmentResult:
-        """Segment a prepared 2D image [C, Y, X] at ``diameter`` (None or 0: no resizing)."""
+        """Segment a prepared 2D image [C, Y, X] (or a :class:`~fastpose.transforms.LazyImage`) at ``diameter``
+        (None or 0: no resizing), by the whole-image path or, above the memory budget, the bounded one."""
         rescale = self.spec.rescale(diameter)
         maps, st = self.maps(x, rescale, augment, tile_overlap)
         return self.recover(maps, st, rescale, diameter, dict(options), return_flows)
@@ -349,7 +412,7 @@ class Segmenter:
 
 
 def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei", *, device: str = "auto",
-            precision: str = "auto", batch_size: int = 8, backend: str = "torch",
+            precision: str = "auto", batch_size: int = 8, backend: str = "auto", max_memory: Any = None,
             **kwargs: Any) -> Union[SegmentResult, List[SegmentResult]]:
     """Segment one image or a list of images.
 
@@ -361,8 +424,9 @@ def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei"
     model : str, path, module, list or Segmenter
         Bundled model name, model file (fastpose or Cellpose checkpoint), network, an ensemble list, or a
         :class:`Segmenter` already loaded.
-    device, precision, batch_size, backend
-        See :class:`Segmenter`.
+    device, precision, batch_size, backend, max_memory
+        See :class:`Segmenter` (``max_memory``: the memory budget, bytes or "8GB"; ignored when ``model`` is
+        a Segmenter, which has its own).
     channel_axis, z_axis : int, optional
         Which axis holds channels / Z.  Default: none (a plain 2D image).
     channels : sequence of int, optional
@@ -397,7 +461,8 @@ def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei"
     -------
     SegmentResult or list of SegmentResult
     """
-    seg = model if isinstance(model, Segmenter) else Segmenter(model, device, precision, batch_size, backend)
+    seg = model if isinstance(model, Segmenter) else Segmenter(model, device, precision, batch_size, backend,
+                                                               max_memory)
     if isinstance(images, (list, tuple)):
         return list(seg.segment_many(images, **kwargs))
     return seg.segment(images, **kwargs)
