@@ -39,6 +39,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
@@ -53,7 +56,7 @@ from .vit import VIT_PRESETS, ViT
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BUILTIN_MODELS", "DEFAULT_NORMALIZE", "ARCHITECTURES", "Architecture",
            "register_architecture", "build_model", "spec_of", "save_model", "load_model", "model_from_state_dict",
-           "resolve_model_path"]
+           "resolve_model_path", "ModelNotFoundError"]
 
 log = logging.getLogger("fastpose.models")
 
@@ -269,23 +272,46 @@ def _available() -> str:
     return ", ".join(names) if names else "(none registered yet)"
 
 
+class ModelNotFoundError(FileNotFoundError, ValueError):
+    """A model that is neither a file nor a bundled name (a FileNotFoundError; also a ValueError, as before).
+    ``filename`` is the path or name asked for; the message is the sentence it was made with."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def resolve_model_path(path_or_name: PathLike) -> Path:
-    """A model file path from a path or a :data:`BUILTIN_MODELS` name; ValueError if neither."""
-    p = Path(path_or_name)
+    """A model file path from a path or a :data:`BUILTIN_MODELS` name.
+
+    :class:`ModelNotFoundError` (a FileNotFoundError) naming the path and listing the bundled names when it is
+    neither; ValueError for a folder or a name that is not a string or path."""
+    if not isinstance(path_or_name, (str, os.PathLike)):
+        raise TypeError(f"a model must be a bundled model name or a model file path, got "
+                        f"{type(path_or_name).__name__}")
+    name = os.fspath(path_or_name)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if not name.strip():
+        raise ModelNotFoundError(f"the model name is empty; available built-in models: {_available()}")
+    p = Path(name)
     if p.is_file():
         return p
-    name = str(path_or_name)
     if name in BUILTIN_MODELS:
         target = BUILTIN_MODELS[name]
         target = target() if callable(target) else target
         tp = Path(target)
         if not tp.is_file():
-            raise ValueError(f"built-in model {name!r} points to {tp}, which is not a file")
+            err = ModelNotFoundError(f"bundled model {name!r} points to {tp}, which is not a file (a broken "
+                                     "installation?)")
+            err.filename = str(tp)
+            raise err
         return tp
     if p.exists():
-        raise ValueError(f"{p} is not a file; expected {_EXPECTED}")
-    raise ValueError(f"{name!r} is neither a model file nor a built-in model name; "
-                     f"available built-in models: {_available()}")
+        raise ValueError(f"cannot load model {p}: it is a folder, not a file")
+    err = ModelNotFoundError(f"no model file {name!r}, and {name!r} is not a bundled model name; "
+                             f"available built-in models: {_available()}")
+    err.filename = name
+    raise err
 
 
 def _strip_module_prefix(sd: Mapping[str, Any]) -> Dict[str, Any]:
@@ -379,28 +405,63 @@ def model_from_state_dict(sd: Mapping[str, torch.Tensor],
     return model, meta
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _clean(text: str, path: Optional[Path] = None) -> str:
+    """One line of an exception's text without ANSI codes (and without a leading ``"<path>: "``)."""
+    t = _ANSI.sub("", str(text)).strip().splitlines()
+    line = t[0].strip() if t else ""
+    if path is not None and line.startswith(f"{path}: "):
+        line = line[len(f"{path}: "):]
+    return line
+
+
+def _why_unreadable(path: Path, e: BaseException) -> str:
+    """What a file that ``torch.load(weights_only=True)`` refused is, in fastpose's words (never PyTorch's
+    advice to load with ``weights_only=False``, which would run code from the file)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as oe:
+        return f"it cannot be read ({oe.strerror or type(oe).__name__})"
+    if size == 0:
+        return "the file is empty"
+    msg = _ANSI.sub("", str(e))
+    if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in msg:
+        m = re.search(r"GLOBAL ([\w.]+)", msg) or re.search(r"Unsupported global: ([\w.]+)", msg)
+        what = f" ({m.group(1)})" if m else ""
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            return (f"it holds Python objects whose loading would run code{what}; fastpose loads only tensors and "
+                    "plain data from model files, so that no code from a file runs (save the weights with "
+                    "fastpose.models.save_model or as a plain state dict)")
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return f"it is a truncated or damaged PyTorch (zip) file ({size} bytes)"
+        if not any(n.endswith("data.pkl") for n in names):
+            return "it is a zip archive, but not a PyTorch file (no data.pkl inside)"
+        return f"it is a damaged PyTorch file ({type(e).__name__}: {_clean(msg)[:200]})"
+    if head[:1] == b"\x80":
+        return f"it is a truncated or damaged pickle (legacy PyTorch format, {size} bytes)"
+    text = head.replace(b"\r", b"").replace(b"\n", b"").replace(b"\t", b"")
+    if text and all(32 <= c < 127 for c in text[:512]):
+        return "it is a text file, not a PyTorch model file"
+    return "it is not a PyTorch file (unrecognised content)"
+
+
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError (not a zip / corrupt), EOFError, ...
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ValueError(f"cannot read {path} as a model file ({type(e).__name__}: {first}); "
-                         f"expected {_EXPECTED}") from e
+        return torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (not a zip / corrupt), EOFError, ...
+        raise ValueError(f"cannot load model {path}: {_why_unreadable(path, e)}; expected {_EXPECTED}") from None
 
 
-def load_model(path_or_name: PathLike, device: DeviceLike = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """Load a model file (fastpose or Cellpose format) or a built-in model by name.
-
-    Returns ``(model, meta)``: the network in eval mode on ``device`` (float32) and a metadata dict with
-    ``format`` ('fastpose-model', 'cellpose' or 'cellpose-sam'), ``version``, ``arch``, ``nchan``,
-    ``diam_mean``, ``diam_labels``, ``normalize``, ``size_model``, ``path`` (and ``extra`` if stored).
-    The same dict is attached to the model as ``model.fastpose_meta``.
-
-    Raises ValueError for unreadable files, unknown formats, and names that are neither a file nor in
-    :data:`BUILTIN_MODELS` (the message lists the available names).
-    """
-    path = resolve_model_path(path_or_name)
-    obj = _torch_load(path)
+def _model_from_object(obj: Any, path: Path) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The network and metadata of what a model file held (ValueError saying why it is not a model)."""
     if isinstance(obj, Mapping) and "format" in obj:
         if obj["format"] != FORMAT:
             raise ValueError(f"{path}: unknown model format {obj['format']!r}; expected {_EXPECTED}")
@@ -437,6 +498,35 @@ def load_model(path_or_name: PathLike, device: DeviceLike = "cpu") -> Tuple[nn.M
     if isinstance(obj, Mapping) and obj.get("spec"):
         meta["spec"] = dict(obj["spec"])
     meta["spec"] = spec_of(model, meta).to_dict()
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"its weights contain NaN or Inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+    return model, meta
+
+
+def load_model(path_or_name: PathLike, device: DeviceLike = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Load a model file (fastpose or Cellpose format) or a built-in model by name.
+
+    Returns ``(model, meta)``: the network in eval mode on ``device`` (float32) and a metadata dict with
+    ``format`` ('fastpose-model', 'cellpose' or 'cellpose-sam'), ``version``, ``arch``, ``nchan``,
+    ``diam_mean``, ``diam_labels``, ``normalize``, ``size_model``, ``path`` (and ``extra`` if stored).
+    The same dict is attached to the model as ``model.fastpose_meta``.
+
+    Files are read with ``torch.load(weights_only=True)`` only: no code from a file ever runs.  Anything that is
+    not a model (a text file, a truncated file, a zip that is not a PyTorch file, a pickle that needs code, a
+    state dict of an unknown architecture, non-finite weights) is a ValueError of one sentence,
+    ``"cannot load model <path>: <why>"``; a name that is neither a file nor in :data:`BUILTIN_MODELS` is a
+    :class:`ModelNotFoundError` (a FileNotFoundError) listing the available names.
+    """
+    path = resolve_model_path(path_or_name)
+    obj = _torch_load(path)
+    try:
+        model, meta = _model_from_object(obj, path)
+    except ValueError as e:
+        raise ValueError(f"cannot load model {path}: {_clean(e, path)}") from None
+    except (TypeError, KeyError, AttributeError, IndexError, RuntimeError) as e:  # contents of the wrong kind
+        raise ValueError(f"cannot load model {path}: its contents do not make a model ({type(e).__name__}: "
+                         f"{_clean(e)[:300]})") from None
     model = model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
     model.fastpose_meta = meta
     log.info("loaded %s %s model from %s (diam_mean %.1f)", meta["format"], meta["arch"]["type"], path,

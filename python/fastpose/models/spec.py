@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from .. import checks
+
 __all__ = ["ModelSpec", "DEFAULT_NORMALIZE", "CELLPOSE_OUTPUTS"]
 
 #: Cellpose's input normalisation: per channel, the 1st percentile -> 0 and the 99th -> 1.
@@ -66,29 +68,47 @@ class ModelSpec:
     normalize: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_NORMALIZE))
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "outputs", tuple(str(o) for o in self.outputs))
-        object.__setattr__(self, "flow_channels", tuple(int(c) for c in self.flow_channels))
+        problems = []
+
+        def field_ok(check: Any, name: str, *args: Any, **kw: Any) -> Any:
+            try:
+                return check(getattr(self, name), name, *args, **kw)
+            except ValueError as e:
+                problems.append(str(e))
+                return getattr(self, name)
+
+        try:
+            object.__setattr__(self, "outputs", tuple(str(o) for o in self.outputs))
+            object.__setattr__(self, "flow_channels", tuple(int(c) for c in self.flow_channels))
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid model spec: outputs must be names and flow_channels integers, got "
+                             f"{self.outputs!r} and {self.flow_channels!r}") from None
+        if not isinstance(self.normalize, Mapping) and self.normalize is not None:
+            raise ValueError(f"invalid model spec: normalize must be a dict, got {self.normalize!r}")
         norm = dict(DEFAULT_NORMALIZE)
         norm.update(dict(self.normalize or {}))
         object.__setattr__(self, "normalize", norm)
-        problems = []
         if not self.family or not isinstance(self.family, str):
             problems.append(f"family must be a name, got {self.family!r}")
-        if int(self.nchan) < 1:
-            problems.append(f"nchan must be >= 1, got {self.nchan}")
-        if int(self.tile) < 8:
-            problems.append(f"tile must be >= 8, got {self.tile}")
-        if int(self.pad_multiple) < 1:
-            problems.append(f"pad_multiple must be >= 1, got {self.pad_multiple}")
+        object.__setattr__(self, "nchan", field_ok(checks.integer, "nchan", lo=1, hi=1024))
+        object.__setattr__(self, "tile", field_ok(checks.integer, "tile", lo=8, hi=8192))
+        object.__setattr__(self, "pad_multiple", field_ok(checks.integer, "pad_multiple", lo=1, hi=8192))
+        object.__setattr__(self, "pad_to_tile", field_ok(checks.boolean, "pad_to_tile"))
+        object.__setattr__(self, "rescale_by_diameter", field_ok(checks.boolean, "rescale_by_diameter"))
+        object.__setattr__(self, "diam_mean", field_ok(checks.number, "diam_mean", lo=0.0, lo_open=True,
+                                                       hi=checks.LIMITS["diameter"]))
         if not self.outputs:
             problems.append("outputs must name at least one map")
         if self.flow_channels not in ((), (0, 1)) or len(self.outputs) < len(self.flow_channels):
             problems.append(f"flow_channels must be () or (0, 1) within the outputs, got {self.flow_channels}")
-        if not float(self.diam_mean) > 0:
-            problems.append(f"diam_mean must be > 0, got {self.diam_mean}")
-        lo, hi = float(norm["lower"]), float(norm["upper"])
-        if not 0.0 <= lo < hi <= 100.0:
-            problems.append(f"normalize needs 0 <= lower < upper <= 100, got {lo}, {hi}")
+        try:
+            lo = checks.number(norm["lower"], "normalize lower")
+            hi = checks.number(norm["upper"], "normalize upper")
+            if not 0.0 <= lo < hi <= 100.0:
+                problems.append(f"normalize needs 0 <= lower < upper <= 100, got {lo}, {hi}")
+            norm["invert"] = checks.boolean(norm.get("invert", False), "normalize invert")
+        except ValueError as e:
+            problems.append(str(e))
         if problems:
             raise ValueError("invalid model spec: " + "; ".join(problems))
 
@@ -105,7 +125,8 @@ class ModelSpec:
         return pad
 
     def rescale(self, diameter: Optional[float]) -> float:
-        """Resize factor for images whose cells are ``diameter`` pixels across (1: no resizing)."""
+        """Resize factor for images whose cells are ``diameter`` pixels across (1: no resizing); ``diameter`` is
+        checked by the caller (``Segmenter.check_options``: None or finite in [0, LIMITS["diameter"]])."""
         if self.rescale_by_diameter and diameter is not None and diameter > 0:
             return float(self.diam_mean) / float(diameter)
         return 1.0
