@@ -174,7 +174,8 @@ def test_backend_agrees_with_torch(backend, torch_reference, images, monkeypatch
             pytest.skip(str(e))
         opts = {"device": "cuda", "precision": "fp32"}
     seg = Segmenter(net, batch_size=3, backend=backend, **opts)
-    assert seg.backend == backend and seg.runners[0] is not net
+    # "auto" on the CPU resolves to onnxruntime (a fastpose U-Net, fp32, onnxruntime installed)
+    assert seg.backend == (backend if backend != "auto" else "onnxruntime") and seg.runners[0] is not net
     for i, (im, a) in enumerate(zip(images, ref)):
         b = seg.segment(im, diameter=0, return_flows=True, cellprob_threshold=thr[i], flow_threshold=0.0)
         np.testing.assert_allclose(b.flows, a.flows, atol=1e-3)
@@ -188,7 +189,7 @@ def test_onnxruntime_backend_on_the_bundled_model():
     from fastpose.io import read_image, sample_paths
 
     img = read_image(sample_paths()[0])
-    a = segment(img, "nuclei", device="cpu", diameter=17.0)
+    a = segment(img, "nuclei", device="cpu", diameter=17.0, backend="torch")
     b = segment(img, "nuclei", device="cpu", diameter=17.0, backend="onnxruntime")
     assert a.masks.max() >= 50
     assert ap_at(a.masks, b.masks, 0.5) >= 0.99
@@ -209,6 +210,107 @@ def test_onnxruntime_cache(images, tmp_path, monkeypatch):
     changed = _tiny_unet(5)
     with pytest.raises(AssertionError, match="reused"):   # other weights: another key, a new export
         Segmenter(changed, device="cpu", backend="onnxruntime").segment(images[0], diameter=0)
+
+
+def test_auto_backend_resolution(caplog):
+    """"auto" (the default): onnxruntime on the CPU for fastpose U-Nets/ViTs in fp32, eager torch on a GPU, for
+    reduced precision, for other networks and without onnxruntime; the choice is logged."""
+    import logging
+
+    from fastpose.deploy import resolve_backend
+    from fastpose.deploy import backends as fpb
+
+    net = _tiny_unet()
+    assert Segmenter(net, device="cpu").backend == "onnxruntime"
+    assert resolve_backend("auto", "cpu", "fp32", [net]) == "onnxruntime"
+    assert resolve_backend("auto", "cpu", "fp32", [ViT.from_preset("vit_t")]) == "onnxruntime"
+    assert resolve_backend("auto", "cuda", "fp16", [net]) == "torch"          # no GPU needed to decide
+    assert resolve_backend("auto", "cpu", "bf16", [net]) == "torch"
+    assert resolve_backend("auto", "cpu", "fp32", [torch.nn.Conv2d(2, 3, 1)]) == "torch"
+    assert resolve_backend("torch", "cpu", "fp32", [net]) == "torch"           # explicit names pass through
+    with pytest.raises(ValueError, match="unknown backend.*auto"):
+        resolve_backend("fast", "cpu")
+    fpb._logged.clear()
+
+    def missing():
+        raise RuntimeError("no onnxruntime")
+
+    with mock.patch.object(fpb, "require_onnxruntime", missing), caplog.at_level(logging.INFO, "fastpose.deploy"):
+        seg = Segmenter(net, device="cpu")
+    assert seg.backend == "torch" and seg.runners[0] is net
+    assert "not installed" in caplog.text
+
+
+def test_auto_backend_same_masks_as_torch(torch_reference, images):
+    """The default backend gives the torch reference's masks (bitwise) on the tiny U-Net."""
+    net, thr, ref = torch_reference
+    seg = Segmenter(net, device="cpu", batch_size=3)
+    for i, (im, a) in enumerate(zip(images, ref)):
+        b = seg.segment(im, diameter=0, return_flows=True, cellprob_threshold=thr[i], flow_threshold=0.0)
+        np.testing.assert_array_equal(b.masks, a.masks)
+
+
+def test_auto_backend_falls_back_to_torch_when_the_export_fails(images, caplog):
+    """A tile shape onnxruntime cannot serve runs on PyTorch under "auto" (with a warning); an explicit
+    backend="onnxruntime" raises instead."""
+    import logging
+
+    from fastpose.deploy import backends as fpb
+
+    net = _tiny_unet()
+    ref = Segmenter(net, device="cpu", backend="torch").segment(images[0], diameter=0, return_flows=True)
+
+    def broken(*a, **k):
+        raise RuntimeError("exporter exploded")
+
+    with mock.patch.object(fpb, "cached_ort_session", broken), caplog.at_level(logging.WARNING, "fastpose.deploy"):
+        got = Segmenter(net, device="cpu").segment(images[0], diameter=0, return_flows=True)
+        assert "exporter exploded" in caplog.text and "PyTorch" in caplog.text
+        np.testing.assert_array_equal(got.flows, ref.flows)
+        with pytest.raises(RuntimeError, match="exploded"):
+            Segmenter(net, device="cpu", backend="onnxruntime").segment(images[0], diameter=0)
+
+
+def test_onnx_cache_rebuilds_a_corrupt_entry(images, tmp_path, caplog):
+    import logging
+
+    net = _tiny_unet()
+    ref = Segmenter(net, device="cpu", backend="onnxruntime").segment(images[0], diameter=0).masks
+    (f,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    good = f.read_bytes()
+    f.write_bytes(good[: len(good) // 3])                   # truncated, as by a full disk
+    with caplog.at_level(logging.WARNING, "fastpose.deploy"):
+        got = Segmenter(net, device="cpu", backend="onnxruntime").segment(images[0], diameter=0).masks
+    assert "cannot be loaded" in caplog.text and "exporting it again" in caplog.text
+    np.testing.assert_array_equal(got, ref)
+    assert f.stat().st_size == len(good)                    # rebuilt in place (atomically)
+
+
+def test_onnx_cache_unwritable_falls_back_to_a_temp_dir(images, tmp_path, monkeypatch, caplog):
+    import logging
+    import tempfile
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("FASTPOSE_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    ox._warned_unwritable.clear()
+    with caplog.at_level(logging.WARNING, "fastpose.deploy"):
+        r = Segmenter(_tiny_unet(), device="cpu", backend="onnxruntime").segment(images[0], diameter=0)
+    assert r.masks.shape == images[0].shape
+    assert "not writable" in caplog.text and str(blocker / "cache") in caplog.text
+    assert list((tmp_path / "tmp").glob("fastpose-cache-*/onnx/*-224x224.onnx"))
+
+
+def test_onnx_cache_key_tracks_the_runtimes(monkeypatch):
+    args = ("d" * 64, (224, 224), 17)
+    k = ox.onnx_cache_key(*args)
+    assert k == ox.onnx_cache_key(*args)
+    monkeypatch.setattr(ox, "_runtime_versions", lambda: "torch=9.9|ort=1.0")
+    assert ox.onnx_cache_key(*args) != k
+    for other in (("e" * 64, (224, 224), 17), ("d" * 64, (160, 224), 17), ("d" * 64, (224, 224), 18)):
+        assert ox.onnx_cache_key(*other) != ox.onnx_cache_key(*args)
 
 
 def test_compiled_net_pads_to_fixed_batches():

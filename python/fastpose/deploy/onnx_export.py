@@ -29,8 +29,9 @@ import torch.nn as nn
 from ..io import atomic_write
 
 __all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAMES", "OnnxCheck", "TileLike", "cache_root", "cached_onnx",
-           "check_onnx", "default_tile", "input_channels", "export_onnx", "model_hash", "normalize_tile",
-           "onnx_cache_key", "ort_providers", "ort_session", "require_module", "require_onnxruntime"]
+           "cached_ort_session", "check_onnx", "default_tile", "input_channels", "export_onnx", "model_hash",
+           "normalize_tile", "onnx_cache_key", "ort_providers", "ort_session", "ort_session_options",
+           "require_module", "require_onnxruntime", "writable_cache_dir"]
 
 log = logging.getLogger("fastpose.deploy")
 
@@ -42,8 +43,8 @@ OUTPUT_NAMES: Tuple[str, str] = ("flows_cellprob", "style")
 PathLike = Union[str, os.PathLike]
 TileLike = Union[int, Sequence[int], None]
 
-ORT_MISSING = ('the ONNX export / onnxruntime backend needs the packages "onnx" and "onnxruntime": '
-               'pip install "fastpose[onnx]" (or: pip install onnx onnxruntime; onnxruntime-gpu for CUDA)')
+ORT_MISSING = ('the ONNX export / onnxruntime backend needs the packages "onnx" and "onnxruntime" (dependencies '
+               'of fastpose: reinstall it, or pip install onnx onnxruntime; onnxruntime-gpu for CUDA)')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,6 +73,36 @@ def cache_root() -> Path:
     """
     env = os.environ.get("FASTPOSE_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fastpose"
+
+
+_warned_unwritable: set = set()
+
+
+def writable_cache_dir(folder: PathLike) -> Path:
+    """``folder`` (created) when files can be written there; else a per-user temporary folder, with a warning.
+
+    An unwritable cache (a read-only home, a ``$FASTPOSE_CACHE`` on a read-only mount) must not stop
+    segmentation: the export is then rebuilt once per temporary folder instead of reused across sessions.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+        return folder
+    except OSError as e:
+        import tempfile
+
+        uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+        fallback = Path(tempfile.gettempdir()) / f"fastpose-cache-{uid}" / folder.name
+        fallback.mkdir(parents=True, exist_ok=True)
+        if str(folder) not in _warned_unwritable:
+            _warned_unwritable.add(str(folder))
+            log.warning("fastpose cache %s is not writable (%s): using %s instead (set FASTPOSE_CACHE to a "
+                        "writable folder to keep exports between sessions)", folder, e, fallback)
+        return fallback
 
 
 def model_hash(model: nn.Module) -> str:
@@ -187,12 +218,28 @@ def ort_providers(device: Union[str, torch.device] = "cpu") -> List[str]:
     return ["CPUExecutionProvider"]
 
 
-def ort_session(path: PathLike, device: Union[str, torch.device] = "cpu") -> Any:
-    """An ``onnxruntime.InferenceSession`` for ``path`` on ``device`` (CPU fallback)."""
+def ort_session_options(threads: Optional[int] = None) -> Any:
+    """onnxruntime session options of the CPU runs: every graph optimisation (``ORT_ENABLE_ALL``: constant
+    folding, Conv+BatchNorm/activation fusion and the blocked NCHWc layout, ~1.5x over ``ORT_ENABLE_EXTENDED``
+    on a U-Net), sequential execution (a U-Net is a chain: parallel operator scheduling only adds threads) and
+    ``threads`` intra-op threads (default: PyTorch's thread count, i.e. the physical cores or ``OMP_NUM_THREADS``
+    / ``torch.set_num_threads``).  Idle intra-op threads do not spin, so the post-processing that follows each
+    batch gets the cores."""
     ort = require_onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=opts, providers=ort_providers(device))
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = int(threads) if threads else max(1, torch.get_num_threads())
+    opts.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("FASTPOSE_ORT_SPIN", "0"))
+    return opts
+
+
+def ort_session(path: PathLike, device: Union[str, torch.device] = "cpu", threads: Optional[int] = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` for ``path`` on ``device`` (CPU fallback), with
+    :func:`ort_session_options`."""
+    ort = require_onnxruntime()
+    return ort.InferenceSession(str(path), sess_options=ort_session_options(threads),
+                                providers=ort_providers(device))
 
 
 @dataclass
@@ -248,24 +295,56 @@ def check_onnx(model: nn.Module, path: PathLike, atol: float = 0.0, rtol: float 
 # cache
 # --------------------------------------------------------------------------------------------------
 
+def _runtime_versions() -> str:
+    """The versions an export depends on: PyTorch (the exporter) and onnxruntime (what reads it), when installed."""
+    try:
+        from importlib.metadata import version
+
+        ort_v = version("onnxruntime")
+    except Exception:  # noqa: BLE001 - not installed (or onnxruntime-gpu under another name): part of the key
+        ort_v = getattr(__import__("sys").modules.get("onnxruntime"), "__version__", "none")
+    return f"torch={torch.__version__}|ort={ort_v}"
+
+
 def onnx_cache_key(digest: str, tile: Tuple[int, int], opset: int, dynamic_batch: bool = True) -> str:
-    """Cache key of an export: hash of (model hash, tile, opset, batch mode)."""
-    s = f"{digest}|tile={tile[0]}x{tile[1]}|opset={int(opset)}|dyn={int(dynamic_batch)}"
+    """Cache key of an export: hash of (model hash, tile, opset, batch mode, PyTorch and onnxruntime versions)."""
+    s = f"{digest}|tile={tile[0]}x{tile[1]}|opset={int(opset)}|dyn={int(dynamic_batch)}|{_runtime_versions()}"
     return hashlib.sha256(s.encode()).hexdigest()[:24]
 
 
 def cached_onnx(model: nn.Module, tile: TileLike = None, opset: int = DEFAULT_OPSET,
-                cache_dir: Optional[PathLike] = None, digest: Optional[str] = None) -> Path:
+                cache_dir: Optional[PathLike] = None, digest: Optional[str] = None, rebuild: bool = False) -> Path:
     """Path of ``model``'s ONNX export (dynamic batch) in the cache, exporting it on first use.
 
-    The file name is keyed by the state-dict hash, tile and opset (``<cache>/onnx/<key>-<H>x<W>.onnx``), so
-    changed weights never reuse a stale file.  ``digest`` skips re-hashing when the caller has it.
+    The file name is keyed by the state-dict hash, tile, opset and the PyTorch/onnxruntime versions
+    (``<cache>/onnx/<key>-<H>x<W>.onnx``), so changed weights or runtimes never reuse a stale file; it is written
+    atomically (:func:`fastpose.io.atomic_write`), so a crash never leaves a half-written file under that name.
+    An unwritable cache folder falls back to a temporary one (:func:`writable_cache_dir`).  ``digest`` skips
+    re-hashing when the caller has it; ``rebuild`` re-exports over an existing (e.g. corrupt) entry.
     """
     hw = normalize_tile(model, tile)
     digest = digest or model_hash(model)
-    folder = Path(cache_dir) if cache_dir is not None else cache_root() / "onnx"
+    folder = writable_cache_dir(Path(cache_dir) if cache_dir is not None else cache_root() / "onnx")
     path = folder / f"{onnx_cache_key(digest, hw, opset)}-{hw[0]}x{hw[1]}.onnx"
-    if path.is_file():
+    if path.is_file() and not rebuild:
         log.debug("ONNX cache hit: %s", path)
         return path
     return export_onnx(model, path, tile=hw, opset=opset, dynamic_batch=True)
+
+
+def cached_ort_session(model: nn.Module, tile: TileLike = None, opset: int = DEFAULT_OPSET,
+                       cache_dir: Optional[PathLike] = None, digest: Optional[str] = None,
+                       device: Union[str, torch.device] = "cpu", threads: Optional[int] = None) -> Tuple[Any, Path]:
+    """(onnxruntime session, export path) of ``model`` for ``tile``, through the export cache.
+
+    A cache entry onnxruntime cannot load (truncated by a full disk, overwritten, from a broken runtime) is
+    re-exported once, with a warning; a fresh export that still fails raises.
+    """
+    path = cached_onnx(model, tile, opset, cache_dir, digest)
+    try:
+        return ort_session(path, device, threads), path
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types for unreadable models
+        log.warning("ONNX cache entry %s cannot be loaded (%s: %s): exporting it again", path, type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "")
+    path = cached_onnx(model, tile, opset, cache_dir, digest, rebuild=True)
+    return ort_session(path, device, threads), path

@@ -126,8 +126,7 @@ class Segmenter:
         #: the memory budget in bytes (None: a fraction of the available memory, per image)
         self.max_memory: Optional[int] = parse_memory(max_memory)
         #: what the tiled path calls per network: the module itself for "torch", else a backend runner
-        self.runners = [make_runner(net, self.backend, self.device, self.batch_size, self.precision)
-                        for net in self.nets]
+        self.runners = [make_runner(net, backend, self.device, self.batch_size, self.precision) for net in self.nets]
 
     # ---- what the spec says ---------------------------------------------------------------------
     @property
