@@ -583,9 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): the GPU when one is usable")
     s.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                    help="network precision (auto: fp16 on GPU, fp32 on CPU)")
-    s.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
-                   help="how the network runs: torch (default, eager), compile (torch.compile), onnxruntime "
-                        "(cached ONNX export), tensorrt (cached engine; NVIDIA GPU + pip install 'fastpose[trt]')")
+    s.add_argument("--backend", choices=["auto", "torch", "compile", "onnxruntime", "tensorrt"], default="auto",
+                   help="how the network runs: auto (default: onnxruntime on the CPU, ~2.9x eager PyTorch, the ONNX "
+                        "export cached after its first use; torch on a GPU), torch (eager), compile (torch.compile), "
+                        "onnxruntime (cached ONNX export), tensorrt (cached engine; NVIDIA GPU + pip install "
+                        "'fastpose[trt]')")
     s.add_argument("--save", type=checks.arg_list(checks.choice, options=list(OUTPUT_KINDS)), default="masks",
                    help=f"comma-separated outputs, at least one of: {', '.join(OUTPUT_KINDS)} (default: masks; "
                         f"{', '.join(KINDS_2D)} are not written for volumes)")
