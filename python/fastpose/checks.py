@@ -34,6 +34,8 @@ LIMITS = {
     "batch_size": 1024,  # tiles per network batch; crops per training step
     "epochs": 1_000_000,  # training epochs
     "time_budget": 30 * 24 * 3600.0,  # s, a month of training
+    "synthetic_pixels": 2 ** 26,  # pixels (voxels) of one synthetic image (fastpose.synthetic*)
+    "synthetic_cells": 10_000,  # cell centres of one synthetic image (placement is quadratic in them)
 }
 
 

@@ -10,23 +10,42 @@ from typing import Sequence
 
 import numpy as np
 
+from . import checks
+
+
+def check_shape(shape: Sequence[int], name: str = "shape", ndims: Sequence[int] = (2, 3)) -> tuple:
+    """``shape`` as a tuple of ints >= 1 with an allowed number of axes and at most
+    ``LIMITS["synthetic_pixels"]`` pixels; ValueError otherwise."""
+    dims = checks.integers(shape, name, lo=1)
+    assert dims is not None
+    if len(dims) not in ndims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndims))} axes, got {tuple(dims)}")
+    n = int(np.prod(dims, dtype=np.int64))
+    if n > checks.LIMITS["synthetic_pixels"]:
+        raise ValueError(f"{name}={tuple(dims)} has {n} pixels, more than the limit of "
+                         f"{checks.LIMITS['synthetic_pixels']} for a synthetic image (fastpose.checks.LIMITS)")
+    return tuple(dims)
+
 
 def random_labels(shape: Sequence[int], n_cells: int, diameter: float = 30.0, seed: int = 0,
                   min_distance: float = 0.6) -> np.ndarray:
     """Label image (int32, 0 = background, 1..N) of about ``n_cells`` cells of the given mean diameter.
 
     Args:
-        shape: (Y, X) or (Z, Y, X).
-        n_cells: number of cell centres to draw (cells that vanish are dropped; labels stay 1..N).
-        diameter: mean cell diameter in pixels; each cell's radius varies by +-20%.
-        seed: random seed (the result is a pure function of the arguments).
-        min_distance: minimum centre distance as a fraction of the diameter (controls crowding).
+        shape: (Y, X) or (Z, Y, X), ints >= 1, at most ``LIMITS["synthetic_pixels"]`` pixels.
+        n_cells: number of cell centres to draw, 0 to ``LIMITS["synthetic_cells"]`` (cells that vanish are
+            dropped; labels stay 1..N).
+        diameter: mean cell diameter in pixels (finite, > 0); each cell's radius varies by +-20%.
+        seed: random seed, >= 0 (the result is a pure function of the arguments).
+        min_distance: minimum centre distance as a fraction of the diameter, >= 0 (controls crowding).
     """
     from scipy import ndimage as ndi
 
-    shape = tuple(int(s) for s in shape)
-    if len(shape) not in (2, 3):
-        raise ValueError(f"shape must be 2D or 3D, got {shape}")
+    shape = check_shape(shape)
+    n_cells = checks.integer(n_cells, "n_cells", lo=0, hi=checks.LIMITS["synthetic_cells"])
+    diameter = checks.number(diameter, "diameter", lo=0.0, lo_open=True, hi=checks.LIMITS["diameter"])
+    seed = checks.integer(seed, "seed", lo=0)
+    min_distance = checks.number(min_distance, "min_distance", lo=0.0)
     rng = np.random.default_rng(seed)
     r_mean = diameter / 2.0
     centres: list[np.ndarray] = []

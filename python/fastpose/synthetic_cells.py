@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .synthetic import random_labels
+from . import checks
+from .synthetic import check_shape, random_labels
 
 __all__ = ["make_cyto_image", "make_cyto_dataset"]
 
@@ -45,11 +46,16 @@ def make_cyto_image(shape: Sequence[int] = (256, 256), n_cells: Optional[int] = 
     """
     from scipy import ndimage as ndi
 
-    shape2 = (int(shape[0]), int(shape[1]))
+    shape2 = check_shape(shape, ndims=(2,))
+    checks.integer(n_cells, "n_cells", lo=0, hi=checks.LIMITS["synthetic_cells"], none_ok=True)
+    diameter = checks.number(diameter, "diameter", lo=0.0, lo_open=True, hi=checks.LIMITS["diameter"])
+    seed = checks.integer(seed, "seed", lo=0)
+    noise = checks.number(noise, "noise", lo=0.0)
+    blur = checks.number(blur, "blur", lo=0.0, hi=1000.0)
     rng = np.random.default_rng(seed)
     if n_cells is None:
         area = shape2[0] * shape2[1] / (np.pi * (diameter / 2) ** 2)
-        n_cells = max(1, int(area * rng.uniform(0.3, 0.8)))
+        n_cells = min(max(1, int(area * rng.uniform(0.3, 0.8))), checks.LIMITS["synthetic_cells"])
     masks = random_labels(shape2, n_cells, diameter=diameter, seed=int(rng.integers(2 ** 31)),
                           min_distance=float(rng.uniform(0.6, 0.9)))
     n = int(masks.max())
@@ -96,10 +102,23 @@ def make_cyto_dataset(n: int, shape: Sequence[int] = (256, 256), seed: int = 0,
 
     ``diameter`` is a fixed mean cell diameter or a (low, high) range drawn per image.
     """
+    n = checks.integer(n, "n", lo=0, hi=100_000)
+    check_shape(shape, ndims=(2,))
+    seed = checks.integer(seed, "seed", lo=0)
+    if isinstance(diameter, (tuple, list)):
+        if len(diameter) != 2:
+            raise ValueError(f"diameter must be a number or a (low, high) pair, got {diameter!r}")
+        lo, hi = (checks.number(d, f"diameter[{i}]", lo=0.0, lo_open=True, hi=checks.LIMITS["diameter"])
+                  for i, d in enumerate(diameter))
+        if lo > hi:
+            raise ValueError(f"diameter range must have low <= high, got {diameter!r}")
+        diameter = (lo, hi)
+    else:
+        diameter = checks.number(diameter, "diameter", lo=0.0, lo_open=True, hi=checks.LIMITS["diameter"])
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(int(n)):
-        d = float(rng.uniform(*diameter)) if isinstance(diameter, (tuple, list)) else float(diameter)
+    for _ in range(n):
+        d = float(rng.uniform(*diameter)) if isinstance(diameter, tuple) else float(diameter)
         out.append(make_cyto_image(shape, diameter=d, seed=int(rng.integers(2 ** 31))))
     log.debug("made %d synthetic cyto images of shape %s", n, tuple(shape))
     return out
