@@ -88,12 +88,13 @@ inline void track_group(const Flow& flow, const Shape& s, int niter, const int64
     act[v] = L::mask_of(on + v * W);
   }
   for (int t = 0; t < niter; ++t) {
-    bool any = false;
-    for (int v = 0; v < V; ++v) {
-      impl::step<NDIM>(flow, hi, p[v], act[v]);
-      any = any || L::any(act[v]);
-    }
-    if (!any) break;
+    // Unrolled, so that the V independent steps are interleaved in registers.
+FP_TRACK_UNROLL(8)
+    for (int v = 0; v < V; ++v) impl::step<NDIM>(flow, hi, p[v], act[v]);
+    typename L::Mask any = act[0];
+FP_TRACK_UNROLL(8)
+    for (int v = 1; v < V; ++v) any = L::either(any, act[v]);
+    if (!L::any(any)) break;
   }
   for (int v = 0; v < V; ++v)
     for (int a = 0; a < NDIM; ++a) L::store(buf[a] + v * W, p[v][a]);
@@ -240,16 +241,13 @@ void build_table_3d(const float* dP, const uint8_t* mask, int64_t Z, int64_t Y, 
   }
 }
 
-// 4 pixels' 16-byte entries R[k] = tab + off[k] + d | tab + off[k + 4] + d (pixels k and k + 4 in the two
-// 128-bit halves), transposed so that lane k of out[c] is component c of pixel k (c < ncomp).
+// The 16-byte entries at q[k] + d of the 8 pixels k, transposed: lane k of out[c] is float c of pixel k's
+// entry (c < NCOMP).  R[k] holds pixel k in its low and pixel k + 4 in its high 128 bits.
 template <int NCOMP>
-__attribute__((target("avx2"))) inline void load_entries(const float* tab, const int32_t* off, int32_t d,
-                                                         v8sf* out) {
+__attribute__((target("avx2"))) inline void load_entries(const float* const (&q)[8], int32_t d, v8sf* out) {
   __m256 R[4];
   for (int k = 0; k < 4; ++k)
-    R[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(tab + off[k] + d)),
-                                _mm_loadu_ps(tab + off[k + 4] + d), 1);
-  // R[k] = [e0 e1 e2 e3] of pixel k | of pixel k + 4
+    R[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(q[k] + d)), _mm_loadu_ps(q[k + 4] + d), 1);
   const __m256 t0 = _mm256_unpacklo_ps(R[0], R[1]), t1 = _mm256_unpackhi_ps(R[0], R[1]);
   const __m256 t2 = _mm256_unpacklo_ps(R[2], R[3]), t3 = _mm256_unpackhi_ps(R[2], R[3]);
   out[0] = v8sf(_mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2))));
@@ -258,22 +256,37 @@ __attribute__((target("avx2"))) inline void load_entries(const float* tab, const
   if (NCOMP == 4) out[3] = v8sf(_mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3))));
 }
 
-// The 2D corners of 8 pixels: per table row r (y0, y0 + 1) one 16-byte entry pair (x0, x0 + 1) =
+// The table entries of the lowest corners of 8 pixels' cells: q[k] = tab + off[k].  (The offsets go through
+// memory: 8 scalar loads are cheaper than 8 lane extractions.)
+struct TableCell {
+  const float* q[8];
+};
+
+__attribute__((target("avx2"))) inline TableCell table_cell(const float* tab, const v8si& off) {
+  alignas(32) uint32_t o[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(o), __m256i(off));
+  __asm__("" : "+m"(o));  // keep the store and the reloads (GCC would extract the lanes instead)
+  TableCell c;
+  for (int k = 0; k < 8; ++k) c.q[k] = tab + o[k];
+  return c;
+}
+
+// The 2D corners of 8 pixels: the entries (y_r, x0) and (y_r, x0 + 1) of a table row are one 16-byte load
 // [c0(x0) c1(x0) c0(x1) c1(x1)] per pixel.
 struct TableFlow2 {
   const float* tab;
   int32_t row;  // floats per table row: 2 * (X + 1)
-  __attribute__((target("avx2"))) void corners_2d(const v8si& y0, const v8si& x0, v8sf (&a)[4][2]) const {
-    alignas(32) int32_t off[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(off), __m256i(y0 * row + x0 * 2));
-    for (int r = 0; r < 2; ++r) {
-      v8sf e[4];
-      load_entries<4>(tab, off, r * row, e);  // e = c0(x0), c1(x0), c0(x1), c1(x1)
-      a[2 * r][0] = e[0];
-      a[2 * r][1] = e[1];
-      a[2 * r + 1][0] = e[2];
-      a[2 * r + 1][1] = e[3];
-    }
+  using Cell = TableCell;
+  __attribute__((target("avx2"))) Cell cell_2d(const v8si& y0, const v8si& x0) const {
+    return table_cell(tab, y0 * row + x0 * 2);
+  }
+  __attribute__((target("avx2"))) void corner_pair_2d(const Cell& c, int r, v8sf (&a0)[2], v8sf (&a1)[2]) const {
+    v8sf e[4];
+    load_entries<4>(c.q, r * row, e);
+    a0[0] = e[0];
+    a0[1] = e[1];
+    a1[0] = e[2];
+    a1[1] = e[3];
   }
 };
 
@@ -281,14 +294,14 @@ struct TableFlow2 {
 struct TableFlow3 {
   const float* tab;
   int32_t row, plane;  // floats per table row (4 * (X + 1)) and plane (row * (Y + 1))
-  __attribute__((target("avx2"))) void corners_3d(const v8si& z0, const v8si& y0, const v8si& x0,
-                                                  v8sf (&a)[8][3]) const {
-    alignas(32) int32_t off[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(off), __m256i(z0 * plane + y0 * row + x0 * 4));
-    for (int k = 0; k < 8; ++k) {
-      const int32_t d = ((k >> 2) & 1) * plane + ((k >> 1) & 1) * row + (k & 1) * 4;
-      load_entries<3>(tab, off, d, a[k]);
-    }
+  using Cell = TableCell;
+  __attribute__((target("avx2"))) Cell cell_3d(const v8si& z0, const v8si& y0, const v8si& x0) const {
+    return table_cell(tab, z0 * plane + y0 * row + x0 * 4);
+  }
+  __attribute__((target("avx2"))) void corner_pair_3d(const Cell& c, int r, v8sf (&a0)[3], v8sf (&a1)[3]) const {
+    const int32_t d = ((r >> 1) & 1) * plane + (r & 1) * row;
+    load_entries<3>(c.q, d, a0);
+    load_entries<3>(c.q, d + 4, a1);
   }
 };
 

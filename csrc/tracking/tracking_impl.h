@@ -18,6 +18,19 @@
 
 #include "fastpose/common.hpp"
 
+// Full unrolling of the small fixed loops of a step (corner rows, vectors of a group), so that their values
+// stay in registers.
+#define FP_TRACK_PRAGMA(x) _Pragma(#x)
+#if defined(__CUDACC__)
+#define FP_TRACK_UNROLL(n) FP_TRACK_PRAGMA(unroll n)
+#elif defined(__clang__)
+#define FP_TRACK_UNROLL(n) FP_TRACK_PRAGMA(clang loop unroll(full))
+#elif defined(__GNUC__)
+#define FP_TRACK_UNROLL(n) FP_TRACK_PRAGMA(GCC unroll n)
+#else
+#define FP_TRACK_UNROLL(n)
+#endif
+
 namespace fastpose {
 namespace impl {
 
@@ -68,40 +81,47 @@ FP_HOST_DEVICE F lerp_fixed(const F& a, const F& b, const F& w) {
 }
 
 /// The scalar flow source: dP: [NDIM, Z, Y, X] float32, mask: [Z, Y, X] uint8; the flow of a pixel with
-/// mask == 0 is 0.  corners_2d / corners_3d give the flow at the 4 / 8 interpolation corners of the cell whose
-/// lowest corner is (y0, x0) / (z0, y0, x0) (inside the image); the other corner along each axis is
-/// min(c0 + 1, extent - 1).  Corner order: x fastest, then y, then z; a[k][c] = component c of corner k.
+/// mask == 0 is 0.
+///
+/// The interface the stepping functions use (a SIMD flow in tracking/cpu.cpp has the same one):
+///   cell_2d(y0, x0) / cell_3d(z0, y0, x0): the interpolation cell whose lowest corner is (z0, y0, x0) (inside
+///     the image); the other corner along each axis is min(c0 + 1, extent - 1);
+///   corner_pair_2d(cell, r, a0, a1) / corner_pair_3d(...): the flow at the two corners x0 (a0) and x1 (a1) of
+///     row r of the cell: r = y-bit in 2D, r = 2 * z-bit + y-bit in 3D (bit 0: c0, bit 1: c1 along that axis);
+///     a0[c] = component c.
 template <int NDIM>
 struct MaskedPlanarFlow {
   const float* dP;
   const uint8_t* mask;
   int64_t Z, Y, X;
+  /// Flat index of the lowest corner and the offsets to the next corner along z, y, x (0 at the last one).
+  struct Cell {
+    int64_t i, dz, dy, dx;
+  };
   FP_HOST_DEVICE int64_t n() const { return Z * Y * X; }
   /// v = the NDIM components of pixel i, or 0 where mask[i] == 0.
   FP_HOST_DEVICE void corner(int64_t i, float* v) const {
     const bool m = mask[i] != 0;
     for (int c = 0; c < NDIM; ++c) v[c] = m ? dP[c * n() + i] : 0.0f;
   }
-  FP_HOST_DEVICE void corners_2d(int64_t y0, int64_t x0, float (&a)[4][2]) const {
-    const int64_t y1 = y0 + 1 < Y ? y0 + 1 : Y - 1;
-    const int64_t x1 = x0 + 1 < X ? x0 + 1 : X - 1;
-    corner(y0 * X + x0, a[0]);
-    corner(y0 * X + x1, a[1]);
-    corner(y1 * X + x0, a[2]);
-    corner(y1 * X + x1, a[3]);
+  FP_HOST_DEVICE Cell cell_3d(int64_t z0, int64_t y0, int64_t x0) const {
+    Cell c;
+    c.i = (z0 * Y + y0) * X + x0;
+    c.dz = z0 + 1 < Z ? Y * X : 0;
+    c.dy = y0 + 1 < Y ? X : 0;
+    c.dx = x0 + 1 < X ? 1 : 0;
+    return c;
   }
-  FP_HOST_DEVICE void corners_3d(int64_t z0, int64_t y0, int64_t x0, float (&a)[8][3]) const {
-    const int64_t z1 = z0 + 1 < Z ? z0 + 1 : Z - 1;
-    const int64_t y1 = y0 + 1 < Y ? y0 + 1 : Y - 1;
-    const int64_t x1 = x0 + 1 < X ? x0 + 1 : X - 1;
-    corner((z0 * Y + y0) * X + x0, a[0]);
-    corner((z0 * Y + y0) * X + x1, a[1]);
-    corner((z0 * Y + y1) * X + x0, a[2]);
-    corner((z0 * Y + y1) * X + x1, a[3]);
-    corner((z1 * Y + y0) * X + x0, a[4]);
-    corner((z1 * Y + y0) * X + x1, a[5]);
-    corner((z1 * Y + y1) * X + x0, a[6]);
-    corner((z1 * Y + y1) * X + x1, a[7]);
+  FP_HOST_DEVICE Cell cell_2d(int64_t y0, int64_t x0) const { return cell_3d(0, y0, x0); }
+  FP_HOST_DEVICE void corner_pair_3d(const Cell& c, int r, float (&a0)[3], float (&a1)[3]) const {
+    const int64_t i = c.i + ((r >> 1) & 1) * c.dz + (r & 1) * c.dy;
+    corner(i, a0);
+    corner(i + c.dx, a1);
+  }
+  FP_HOST_DEVICE void corner_pair_2d(const Cell& c, int r, float (&a0)[2], float (&a1)[2]) const {
+    const int64_t i = c.i + (r & 1) * c.dy;
+    corner(i, a0);
+    corner(i + c.dx, a1);
   }
 };
 
@@ -114,11 +134,16 @@ FP_HOST_DEVICE void step_2d(const Flow& flow, const F (&hi)[2], F (&p)[2], typen
   // Positions are >= 0 (clamped), so truncation is floor.
   const I y0 = L::trunc(p[0]), x0 = L::trunc(p[1]);
   const F wy = p[0] - L::to_float(y0), wx = p[1] - L::to_float(x0);
-  F a[4][2];
-  flow.corners_2d(y0, x0, a);
+  const auto cell = flow.cell_2d(y0, x0);
+  F lx[2][2];  // lx[r][c] = lerp along x of row r (y0, y1), component c
+FP_TRACK_UNROLL(2)
+  for (int r = 0; r < 2; ++r) {
+    F a0[2], a1[2];
+    flow.corner_pair_2d(cell, r, a0, a1);
+    for (int c = 0; c < 2; ++c) lx[r][c] = lerp_fixed<F>(a0[c], a1[c], wx);
+  }
   F v[2];
-  for (int c = 0; c < 2; ++c)
-    v[c] = lerp_fixed<F>(lerp_fixed<F>(a[0][c], a[1][c], wx), lerp_fixed<F>(a[2][c], a[3][c], wx), wy);
+  for (int c = 0; c < 2; ++c) v[c] = lerp_fixed<F>(lx[0][c], lx[1][c], wy);
   active = L::both(active, L::either(L::nonzero(v[0]), L::nonzero(v[1])));
   for (int c = 0; c < 2; ++c) p[c] = L::select(active, clamp_coord<F, L>(p[c] + v[c] / 5.0f, hi[c]), p[c]);
 }
@@ -129,13 +154,17 @@ FP_HOST_DEVICE void step_3d(const Flow& flow, const F (&hi)[3], F (&p)[3], typen
   using I = typename L::Index;
   const I z0 = L::trunc(p[0]), y0 = L::trunc(p[1]), x0 = L::trunc(p[2]);
   const F wz = p[0] - L::to_float(z0), wy = p[1] - L::to_float(y0), wx = p[2] - L::to_float(x0);
-  F a[8][3];
-  flow.corners_3d(z0, y0, x0, a);
+  const auto cell = flow.cell_3d(z0, y0, x0);
+  F lx[4][3];  // lx[r][c] = lerp along x of row r ((z0, y0), (z0, y1), (z1, y0), (z1, y1)), component c
+FP_TRACK_UNROLL(4)
+  for (int r = 0; r < 4; ++r) {
+    F a0[3], a1[3];
+    flow.corner_pair_3d(cell, r, a0, a1);
+    for (int c = 0; c < 3; ++c) lx[r][c] = lerp_fixed<F>(a0[c], a1[c], wx);
+  }
   F v[3];
   for (int c = 0; c < 3; ++c)
-    v[c] = lerp_fixed<F>(
-        lerp_fixed<F>(lerp_fixed<F>(a[0][c], a[1][c], wx), lerp_fixed<F>(a[2][c], a[3][c], wx), wy),
-        lerp_fixed<F>(lerp_fixed<F>(a[4][c], a[5][c], wx), lerp_fixed<F>(a[6][c], a[7][c], wx), wy), wz);
+    v[c] = lerp_fixed<F>(lerp_fixed<F>(lx[0][c], lx[1][c], wy), lerp_fixed<F>(lx[2][c], lx[3][c], wy), wz);
   active = L::both(active, L::either(L::either(L::nonzero(v[0]), L::nonzero(v[1])), L::nonzero(v[2])));
   for (int c = 0; c < 3; ++c) p[c] = L::select(active, clamp_coord<F, L>(p[c] + v[c] / 5.0f, hi[c]), p[c]);
 }
