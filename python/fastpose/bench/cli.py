@@ -8,6 +8,7 @@ Examples::
     fastpose-bench segment --model nuclei     # end to end on 1080x1080 two-channel images (+ cellpose 3.x)
     fastpose-bench net --arch unet            # network step: tiles/s per backend and precision
     fastpose-bench sam --arch vit_l           # Cellpose-SAM-style segmentation (+ cellpose 4.x)
+    fastpose-bench memory --sizes 2048 5000   # peak memory of 2D segmentation against image size
 
 Every figure is the median of ``--repeats`` runs after one warm-up run; GPU timings synchronise the
 device.  Peak memory is the growth of the process's peak resident set (Linux) during the call.
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch")
     s.add_argument("--no-cellpose", action="store_true", help="skip cellpose 4.x's CellposeModel.eval")
     s.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    m = sub.add_parser("memory", help="peak memory (RSS) of 2D segmentation against image size, one fresh process "
+                                      "per size (cheap network of the U-Net's spec unless --model)")
+    m.add_argument("--sizes", type=int, nargs="+", default=[2048, 5000, 10000], help="image sides (default "
+                   "2048 5000 10000)")
+    m.add_argument("--model", default="cheap", help="'cheap' (one 3x3 convolution, default) or a model name/file")
+    m.add_argument("--max-memory", default="auto", help="memory budget passed to the Segmenter (default: its own)")
+    m.add_argument("--phases", choices=["all", "maps"], default="all", help="'maps': skip mask recovery")
+    m.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return p
 
 
@@ -100,6 +109,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # each benchmark module is imported on use, so --help and `import fastpose.bench` do not load PyTorch
+    if args.cmd == "memory":
+        from .memory import bench_memory, print_memory_table
+        res = bench_memory(args.sizes, args.model, args.max_memory, args.phases)
+        print_memory_table(res)
+        if args.json:
+            atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+        return 0
     if args.cmd == "net":
         from .net import bench_net
         res = bench_net(args.arch, args.batch_sizes, args.device, args.repeats, args.backends)
