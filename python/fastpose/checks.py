@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import os
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-__all__ = ["number", "integer", "probability", "choice", "boolean", "integers", "axis", "resized_shape",
+__all__ = ["number", "integer", "probability", "choice", "boolean", "integers", "axis", "resized_shape", "memory_bytes",
            "arg", "arg_list", "LIMITS"]
 
 T = TypeVar("T")
@@ -163,10 +164,30 @@ def axis(value: Any, name: str, ndim: Optional[int] = None) -> Optional[int]:
     return integer(value, name, lo=-ndim, hi=ndim - 1, none_ok=True)
 
 
+def memory_bytes() -> int:
+    """The memory this process may use: the machine's physical memory, or less under an address-space limit
+    (``ulimit -v`` / ``RLIMIT_AS``); 0 when it cannot be told."""
+    total = 0
+    try:
+        total = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            total = min(total, int(soft)) if total else int(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return total
+
+
 def resized_shape(shape: Sequence[int], scale: Sequence[float], why: str,
-                  limit: Optional[int] = None) -> Tuple[int, ...]:
+                  limit: Optional[int] = None, bytes_per_pixel: int = 0) -> Tuple[int, ...]:
     """The size ``shape`` is resized to by ``scale`` per axis (rounded, at least 1), checked before anything
-    is allocated: ValueError when it would exceed ``limit`` (default ``LIMITS["image_pixels"]``) pixels.
+    is allocated: ValueError when it would exceed ``limit`` (default ``LIMITS["image_pixels"]``) pixels, or,
+    with ``bytes_per_pixel``, when that many bytes per pixel would exceed :func:`memory_bytes`.
 
     ``why`` names the cause in the message, e.g. ``"diameter=0.01 (model diameter 17)"``."""
     limit = int(LIMITS["image_pixels"] if limit is None else limit)
@@ -183,6 +204,13 @@ def resized_shape(shape: Sequence[int], scale: Sequence[float], why: str,
         raise ValueError(f"{why} implies resizing the {dims} image to {'x'.join(map(str, out))} ({n:.3g} pixels), "
                          f"more than the limit of {limit:.3g} pixels (fastpose.checks.LIMITS['image_pixels']); "
                          "pass the cells' real diameter in pixels (or 0 for no resizing)")
+    mem = memory_bytes() if bytes_per_pixel else 0
+    if mem and n * bytes_per_pixel > mem:
+        dims = "x".join(str(int(s)) for s in shape)
+        raise ValueError(f"{why} implies resizing the {dims} image to {'x'.join(map(str, out))} ({n:.3g} pixels), "
+                         f"which needs about {n * bytes_per_pixel / 2 ** 30:.3g} GiB, more than the "
+                         f"{mem / 2 ** 30:.3g} GiB of memory here; pass the cells' real diameter in pixels "
+                         "(or 0 for no resizing)")
     return tuple(out)
 
 

@@ -298,16 +298,20 @@ class Segmenter:
     def check_size(self, shape: Sequence[int], diameter: Optional[float], anisotropy: Optional[float] = None,
                    volume: bool = False) -> None:
         """ValueError, before anything is allocated, when ``diameter`` (and in 3D ``anisotropy``) would resize an
-        image of spatial ``shape`` beyond ``LIMITS["image_pixels"]`` (see :func:`fastpose.checks.resized_shape`)."""
+        image of spatial ``shape`` beyond ``LIMITS["image_pixels"]`` or beyond this machine's memory (see
+        :func:`fastpose.checks.resized_shape`): the sentence names the size the diameter implies."""
         r = self.spec.rescale(diameter)
         if r == 1.0 and not (volume and anisotropy):
             return
         why = f"diameter={diameter:g} (the model's cells are {self.diam_mean:g} px)"
+        # float32 input channels + output maps, and a copy of each while resizing
+        bpp = 4 * 2 * (self.nchan + self.spec.n_outputs)
         if volume and len(shape) == 3:
             za = 1.0 if anisotropy is None else anisotropy
-            checks.resized_shape(shape, (r * za, r, r), why + (f" with anisotropy={za:g}" if anisotropy else ""))
+            checks.resized_shape(shape, (r * za, r, r), why + (f" with anisotropy={za:g}" if anisotropy else ""),
+                                 bytes_per_pixel=bpp)
         else:
-            checks.resized_shape(shape[-2:], (r, r), why)
+            checks.resized_shape(shape[-2:], (r, r), why, bytes_per_pixel=bpp)
 
     def check_input_size(self, image: Any, o: Mapping[str, Any]) -> None:
         """:meth:`check_size` on the spatial axes of a raw input (axes as named; skipped when they do not fit,
