@@ -213,3 +213,18 @@ def test_percentiles_equal_numpy_exactly(kind):
     lo, hi = np.percentile(a, [1, 99])
     ref = ((a - lo) / (hi - lo))[None] if hi - lo > 1e-3 * max(abs(hi), 1e-12) and hi > lo else np.zeros_like(x)
     np.testing.assert_allclose(normalize_percentile(x), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_default_niter_is_bounded_by_the_image():
+    """The Euler steps for a huge diameter do not grow with it: at most the image diagonal (>= 200) and
+    LIMITS["niter"]; unchanged (200 / rescale) where that is smaller."""
+    from fastpose.checks import LIMITS
+    from fastpose.methods.cellpose import default_niter
+
+    assert default_niter(1.0) == 200 and default_niter(2.0) == 200 and default_niter(0.5) == 400
+    assert default_niter(0.5, (512, 512)) == 400
+    assert default_niter(17 / 10_000, (512, 512)) == 725  # ceil(512 * sqrt 2)
+    assert default_niter(17 / 10_000, (8, 8)) == 200
+    assert default_niter(1e-9) == LIMITS["niter"]
+    with pytest.raises(ValueError, match="rescale"):
+        default_niter(float("nan"))
