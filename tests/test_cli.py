@@ -17,6 +17,12 @@ from fastpose.cli import InputFile, UsageError, check_unique_outputs, collect_in
 from fastpose.models import UNet, save_model
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    # the default backend may cache an ONNX export: in this session's temp folder, not ~/.cache
+    monkeypatch.setenv("FASTPOSE_CACHE", str(tmp_path_factory.getbasetemp() / "fastpose-cache"))
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)

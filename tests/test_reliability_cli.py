@@ -8,6 +8,7 @@ subprocess per pair would take minutes on 2 cores."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,9 @@ TIMEOUT = 60
 
 
 def fastpose(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FASTPOSE_CACHE=str(cwd / "cache"))  # an ONNX export of the default backend: here
     r = subprocess.run([sys.executable, "-m", "fastpose.cli", *args], capture_output=True, text=True,
-                       timeout=TIMEOUT, cwd=cwd)
+                       timeout=TIMEOUT, cwd=cwd, env=env)
     assert "Traceback" not in r.stderr, r.stderr
     return r
 

@@ -336,9 +336,12 @@ class _Batch:
     redone: int = 0
     failed: Optional[List[str]] = None
     finished: Optional[List[str]] = None
+    out: Optional[Path] = None  #: --out, once checked
+    folders: Optional[List[Path]] = None  #: the folders under --out that outputs go to
+    results: Any = None  #: the running stream of results
 
     def __post_init__(self) -> None:
-        self.failed, self.finished = [], []
+        self.failed, self.finished, self.folders = [], [], []
 
 
 def _summary(b: _Batch, interrupted: Optional[str] = None) -> None:
@@ -359,6 +362,25 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    """``fastpose segment``: :func:`_segment`, and on Ctrl-C/SIGTERM its temp files removed and a summary of
+    what finished."""
+    from .io import remove_temp_files
+
+    b = _Batch()
+    try:
+        return _segment(args, b)
+    except (KeyboardInterrupt, Interrupted) as e:
+        close = getattr(b.results, "close", None)
+        if close is not None:
+            close()
+        if b.out is not None:
+            for d in b.folders or []:
+                remove_temp_files(b.out / d)
+        _summary(b, "interrupted by Ctrl-C" if isinstance(e, KeyboardInterrupt) else str(e))
+        return EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else 128 + e.signum
+
+
+def _segment(args: argparse.Namespace, b: _Batch) -> int:
     from tqdm import tqdm
 
     from .inference import Segmenter
@@ -373,12 +395,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         raise UsageError(f"no input images (.tif, .tiff, .npy) found in {' '.join(args.inputs)}")
     check_unique_outputs(files, out)
     folders = sorted({f.rel for f in files})
+    b.total = len(files)
     check_out_folder(out, folders)
+    b.out, b.folders = out, folders
     removed = sum(len(remove_temp_files(out / d)) for d in folders)
     if removed:
         log.info("removed %d temporary file(s) a killed run left in --out", removed)
 
-    b = _Batch(total=len(files))
     todo: List[InputFile] = []
     for f in files:
         if args.skip_existing:
@@ -418,42 +441,34 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         return load
 
     results: Iterator[Any] = seg.segment_many((loader(f.path) for f in todo), return_errors=True, **kw)
-    try:
-        for f, res in tqdm(zip(todo, results), total=len(todo), desc="segment", unit="img",
-                           disable=args.quiet or None):
-            img = loaded.pop(f.path, None)
-            if isinstance(res, Exception):  # unreadable or unusable input: reported, the batch goes on
-                b.failed.append(str(f.path))
-                msg = flag_names(str(res))
-                log.error("%s", msg if str(f.path) in msg else f"{f.path}: {msg}")
-                continue
-            dest = out / f.rel
-            try:
-                remove_record(dest, f.stem)  # incomplete until the new record is written, last
-                written = write_outputs(dest, f.stem, kinds, img, res.masks, str(f.path), res.flows,
-                                        res.cellprob, res.diameter)
-                write_record(dest, f.stem, kinds, written, f.path)
-            except (ValueError, OSError, RuntimeError) as e:
-                b.failed.append(str(f.path))
-                log.error("%s: cannot write its outputs: %s", f.path, flag_names(str(e)))
-                if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-                    log.error("stopping: --out %s cannot take more files (%s)", out, e.strerror)
-                    b.failed.extend(str(g.path) for g in todo[todo.index(f) + 1:])
-                    break
-                continue
-            b.done += 1
-            b.finished.append(str(f.path))
-            skipped_2d = [k for k in kinds if k in KINDS_2D] if res.masks.ndim != 2 else []
-            log.debug("%s: %d masks%s", f.path, int(res.masks.max()),
-                      f" (not for volumes: {', '.join(skipped_2d)})" if skipped_2d else "")
-    except (KeyboardInterrupt, Interrupted) as e:
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()
-        for d in folders:
-            remove_temp_files(out / d)
-        _summary(b, "interrupted by Ctrl-C" if isinstance(e, KeyboardInterrupt) else str(e))
-        return EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else 128 + e.signum
+    b.results = results
+    for f, res in tqdm(zip(todo, results), total=len(todo), desc="segment", unit="img",
+                       disable=args.quiet or None):
+        img = loaded.pop(f.path, None)
+        if isinstance(res, Exception):  # unreadable or unusable input: reported, the batch goes on
+            b.failed.append(str(f.path))
+            msg = flag_names(str(res))
+            log.error("%s", msg if str(f.path) in msg else f"{f.path}: {msg}")
+            continue
+        dest = out / f.rel
+        try:
+            remove_record(dest, f.stem)  # incomplete until the new record is written, last
+            written = write_outputs(dest, f.stem, kinds, img, res.masks, str(f.path), res.flows,
+                                    res.cellprob, res.diameter)
+            write_record(dest, f.stem, kinds, written, f.path)
+        except (ValueError, OSError, RuntimeError) as e:
+            b.failed.append(str(f.path))
+            log.error("%s: cannot write its outputs: %s", f.path, flag_names(str(e)))
+            if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+                log.error("stopping: --out %s cannot take more files (%s)", out, e.strerror)
+                b.failed.extend(str(g.path) for g in todo[todo.index(f) + 1:])
+                break
+            continue
+        b.done += 1
+        b.finished.append(str(f.path))
+        skipped_2d = [k for k in kinds if k in KINDS_2D] if res.masks.ndim != 2 else []
+        log.debug("%s: %d masks%s", f.path, int(res.masks.max()),
+                  f" (not for volumes: {', '.join(skipped_2d)})" if skipped_2d else "")
     _summary(b)
     return EXIT_FAILED if b.failed else EXIT_OK
 
@@ -652,18 +667,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: SIGTERM keeps its default
         pass
+    # logging first, so that even an interrupt while the parser's imports run is reported; fastpose's own
+    # messages from INFO, other libraries' from WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    log.setLevel(logging.INFO)
     verbose = False
+    args = None
     try:
         args = build_parser().parse_args(argv)
         verbose = args.verbose
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+        if verbose:
+            log.setLevel(logging.DEBUG)
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        log.error("interrupted by Ctrl-C")
-        return EXIT_SIGINT
-    except Interrupted as e:
-        log.error("%s", e)
-        return 128 + e.signum
+    except (KeyboardInterrupt, Interrupted) as e:
+        what = "interrupted by Ctrl-C" if isinstance(e, KeyboardInterrupt) else str(e)
+        log.error("%s%s", what, " while starting: nothing was done" if args is None else "")
+        return EXIT_SIGINT if isinstance(e, KeyboardInterrupt) else 128 + e.signum
     except (ValueError, OSError, RuntimeError) as e:
         log.error("%s", flag_names(str(e)) or type(e).__name__)
         if verbose:
