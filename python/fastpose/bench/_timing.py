@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Timing", "time_call", "machine_header", "report", "bench_images"]
+__all__ = ["Timing", "time_call", "machine_header", "report", "bench_images", "speedups", "flops_per_tile",
+           "matmul_gflops"]
 
 
 @dataclass
@@ -142,3 +143,52 @@ def bench_images(n: int, size: int, seed: int = 0) -> List[np.ndarray]:
         img = np.stack([cyto, nuc], -1) + rng.normal(100, 20, (size, size, 2))
         out.append(np.clip(img, 0, 65535).astype(np.uint16))
     return out
+
+
+def speedups(timings: Sequence[Timing], pairs: Sequence[Sequence[str]]) -> Dict[str, float]:
+    """Speed-ups from the rows they name: for each ``(label, fast, slow)`` in ``pairs``, the median time of
+    the row named ``slow`` over that of the row named ``fast`` (> 1: ``fast`` is faster).
+
+    Rows are looked up by exact name, never by position or prefix, so a ratio can only come from the two rows
+    it names; a pair whose rows are not both present (e.g. Cellpose not installed) is left out.
+    """
+    by_name: Dict[str, Timing] = {}
+    for t in timings:
+        if t.name in by_name:
+            raise ValueError(f"two timings are named {t.name!r}: a ratio would be ambiguous")
+        by_name[t.name] = t
+    out: Dict[str, float] = {}
+    for label, fast, slow in pairs:
+        if fast in by_name and slow in by_name and by_name[fast].median_s > 0:
+            out[label] = by_name[slow].median_s / by_name[fast].median_s
+    return out
+
+
+def flops_per_tile(net: Any, nchan: int, tile: Any) -> float:
+    """Floating-point operations (multiply and add counted apart) of one forward pass of ``net`` on a ``tile``
+    (side, or (height, width)) tile, by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, matmuls)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    th, tw = (int(tile), int(tile)) if np.isscalar(tile) else (int(tile[0]), int(tile[1]))
+    p = next(iter(net.parameters()))
+    x = torch.zeros((1, int(nchan), th, tw), dtype=torch.float32, device=p.device)
+    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+        net(x)
+    return float(fc.get_total_flops())
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured fp32 peak of this machine: GFLOP/s of the best of ``repeats`` ``n`` x ``n`` matrix products on
+    PyTorch's CPU threads (oneDNN/MKL, what onnxruntime's MLAS kernels also reach)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best / 1e9

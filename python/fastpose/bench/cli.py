@@ -5,7 +5,8 @@ Examples::
     fastpose-bench core                       # 2048x2048, ~4700 cells of diameter 30, CPU (+ GPU if present)
     fastpose-bench core --size 1024 --cells 1200 --device cpu --json out.json
     fastpose-bench core --3d                  # adds a 3D case (96x256x256)
-    fastpose-bench segment --model nuclei     # end to end on 1080x1080 two-channel images (+ cellpose 3.x)
+    fastpose-bench segment --model nuclei     # end to end on 1080x1080 two-channel images (+ eager torch, Cellpose 3)
+    fastpose-bench segment --model nuclei --mosaic /path/to/dsb2018/train   # a 1080x1080 mosaic of real nuclei
     fastpose-bench net --arch unet            # network step: tiles/s per backend and precision
     fastpose-bench sam --arch vit_l           # Cellpose-SAM-style segmentation (+ cellpose 4.x)
     fastpose-bench memory --sizes 2048 5000   # peak memory of 2D segmentation against image size
@@ -49,11 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch",
-                   help="network backend (default torch)")
+    g.add_argument("--backend", choices=["auto", "torch", "compile", "onnxruntime", "tensorrt"], default="auto",
+                   help="network backend (default auto, as fastpose segment: onnxruntime on the CPU, torch on a GPU)")
+    g.add_argument("--no-torch", action="store_true",
+                   help="skip the side-by-side run with eager PyTorch (made when --backend resolves to another one)")
     g.add_argument("--no-cellpose", action="store_true", help="skip Cellpose 3's CellposeModel.eval")
+    g.add_argument("--cellpose3-python", metavar="PYTHON",
+                   help="Python of a Cellpose 3 environment (default: cellpose<4 in this one, else "
+                        "$FASTPOSE_CELLPOSE3_VENV or build-cp3, made by scripts/test.sh)")
     g.add_argument("--files", nargs="+", metavar="IMAGE",
-                   help="time these images (channels last) instead of synthetic ones")
+                   help="time these images (grey or channels last; <name>_masks.tif beside <name>_img.tif is "
+                        "the truth) instead of synthetic ones")
+    g.add_argument("--mosaic", metavar="DIR",
+                   help="time one --size x --size mosaic of the grey *_img.tif/*_masks.tif pairs in DIR (DSB 2018)")
     g.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     n = sub.add_parser("net", help="network-step throughput (tiles/s): eager fp32/fp16/bf16, compile + CUDA graphs, "
                                    "onnxruntime, TensorRT")
@@ -97,11 +106,14 @@ def print_table(res: Dict[str, Any]) -> None:
         pm = "" if t["peak_mem_mb"] is None or t["device"] != "cpu" else f"{t['peak_mem_mb']:.0f}"
         print(f"{t['name']:40s} {t['device']:6s} {1e3 * t['median_s']:10.1f} {1e3 * t['min_s']:9.1f} "
               f"{1e3 * t['max_s']:9.1f} {pm:>8s}")
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
     for t in res["timings"]:
         if t.get("extra"):
-            print(f"{t['name']}: " + ", ".join(f"{k}={v:.3g}" for k, v in t["extra"].items()))
+            print(f"{t['name']}: " + ", ".join(f"{k}={fmt(v)}" for k, v in t["extra"].items()))
     for k, v in res["ratios"].items():
-        print(f"speed-up vs cellpose {k}: {v:.1f}x")
+        print(f"speed-up, {k}: {v:.2f}x")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -126,7 +138,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif args.cmd == "segment":
         from .segment import bench_segment
         res = bench_segment(args.model, args.images, args.size, args.repeats, args.device, args.precision,
-                            args.batch_size, not args.no_cellpose, args.backend, args.files)
+                            args.batch_size, not args.no_cellpose, args.backend, args.files, args.mosaic,
+                            not args.no_torch, args.cellpose3_python)
     else:
         from .core import bench_core
         devices = None if args.device == "auto" else [args.device]
