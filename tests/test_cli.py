@@ -177,7 +177,8 @@ def test_unknown_model_is_an_error_listing_models(folder: Path, tmp_path: Path, 
 
 
 def test_help_explains_every_flag():
-    r = subprocess.run([sys.executable, "-m", "fastpose.cli", "segment", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "fastpose.cli", "segment", "--help"], capture_output=True, text=True,
+                       check=False)
     assert r.returncode == 0
     from fastpose.cli import build_parser
     seg = next(a for a in build_parser()._actions if a.dest == "cmd").choices["segment"]
@@ -202,7 +203,7 @@ def test_unwritable_out_is_refused_before_any_work(folder: Path, tmp_path: Path,
                                                    monkeypatch):
     # a read-only folder cannot be made as root (test_reliability_cli.py chmods one when not root): the
     # probe's failure is simulated where it happens
-    import fastpose.cli as cli
+    from fastpose import cli
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
@@ -212,3 +213,15 @@ def test_unwritable_out_is_refused_before_any_work(folder: Path, tmp_path: Path,
     assert _run(folder, out, model_file) == 2
     assert f"--out {out}: cannot write in {out} (Permission denied)" in caplog.text
     assert "loaded" not in caplog.text and not list(out.iterdir())
+
+
+def test_an_out_inside_the_inputs_is_not_read_back(folder: Path, model_file: Path, caplog):
+    caplog.set_level("INFO")
+    (folder / "broken_img.tif").unlink()
+    out = folder / "sub" / "results"
+    for _ in range(2):
+        assert main(["segment", str(folder), "--recursive", "--model", str(model_file), "--out", str(out),
+                     "--device", "cpu", "-q", "--save", "masks,csv"]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*_masks.tif")) == [
+        "a_masks.tif", "b_masks.tif", "sub/c_masks.tif"]
+    assert "segmented 3 of 3 input(s)" in caplog.text
