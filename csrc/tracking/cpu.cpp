@@ -82,6 +82,8 @@ inline void track_group(const Flow& flow, const Shape& s, int niter, const int64
   impl::position_limits<NDIM>(s, hs);
   F hi[NDIM], p[V][NDIM];
   typename L::Mask act[V];
+  Flow fv[V];  // one flow object per vector (a SIMD flow caches the corners of its vector's cells)
+  for (int v = 0; v < V; ++v) fv[v] = flow;
   for (int a = 0; a < NDIM; ++a) hi[a] = L::splat(hs[a]);
   for (int v = 0; v < V; ++v) {
     for (int a = 0; a < NDIM; ++a) p[v][a] = L::load(buf[a] + v * W);
@@ -90,7 +92,7 @@ inline void track_group(const Flow& flow, const Shape& s, int niter, const int64
   for (int t = 0; t < niter; ++t) {
     // Unrolled, so that the V independent steps are interleaved in registers.
 FP_TRACK_UNROLL(8)
-    for (int v = 0; v < V; ++v) impl::step<NDIM>(flow, hi, p[v], act[v]);
+    for (int v = 0; v < V; ++v) impl::step<NDIM>(fv[v], hi, p[v], act[v]);
     typename L::Mask any = act[0];
 FP_TRACK_UNROLL(8)
     for (int v = 1; v < V; ++v) any = L::either(any, act[v]);
@@ -262,51 +264,91 @@ struct TableCell {
   const float* q[8];
 };
 
-__attribute__((target("avx2"))) inline TableCell table_cell(const float* tab, const v8si& off) {
+__attribute__((target("avx2"))) inline void table_cell(const float* tab, const v8si& off, TableCell& c) {
   alignas(32) uint32_t o[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(o), __m256i(off));
   __asm__("" : "+m"(o));  // keep the store and the reloads (GCC would extract the lanes instead)
-  TableCell c;
   for (int k = 0; k < 8; ++k) c.q[k] = tab + o[k];
-  return c;
+}
+
+// The cell of the 8 lanes of one vector, and whether its corners must be loaded (`fresh`) or are those of the
+// previous step.  Tracked pixels mostly stay in their cell from one step to the next (near their fixed
+// point: over 90% of the steps of a group of 8 on Cellpose-like flows), and the same cell has the same
+// corners, so a flow object keeps the last corners it loaded and reuses them while no lane changes cell.
+struct CachedCell {
+  bool fresh;
+  TableCell t;
+};
+
+// Whether every lane of (a, b, c) equals the same lane of `last` (the cached cell), then last = (a, b, c).
+__attribute__((target("avx2"))) inline bool same_cell(v8si (&last)[3], const v8si& a, const v8si& b,
+                                                      const v8si& c) {
+  const v8si eq = (a == last[0]) & (b == last[1]) & (c == last[2]);
+  if (_mm256_movemask_ps(_mm256_castsi256_ps(__m256i(eq))) == 0xFF) return true;
+  last[0] = a;
+  last[1] = b;
+  last[2] = c;
+  return false;
 }
 
 // The 2D corners of 8 pixels: the entries (y_r, x0) and (y_r, x0 + 1) of a table row are one 16-byte load
-// [c0(x0) c1(x0) c0(x1) c1(x1)] per pixel.
+// [c0(x0) c1(x0) c0(x1) c1(x1)] per pixel.  One object per vector of a group (it caches that vector's corners).
 struct TableFlow2 {
   const float* tab;
   int32_t row;  // floats per table row: 2 * (X + 1)
-  using Cell = TableCell;
+  using Cell = CachedCell;
+  mutable v8si last[3] = {v8si{} - 1, v8si{} - 1, v8si{} - 1};  // cell of `cache` (-1: none yet)
+  mutable v8sf cache[2][2][2] = {};                            // [row][x corner][component]
   __attribute__((target("avx2"))) Cell cell_2d(const v8si& y0, const v8si& x0) const {
-    return table_cell(tab, y0 * row + x0 * 2);
+    Cell c;
+    c.fresh = !same_cell(last, v8si{}, y0, x0);
+    if (c.fresh) table_cell(tab, y0 * row + x0 * 2, c.t);
+    return c;
   }
   __attribute__((target("avx2"))) void corner_pair_2d(const Cell& c, int r, v8sf (&a0)[2], v8sf (&a1)[2]) const {
-    v8sf e[4];
-    load_entries<4>(c.q, r * row, e);
-    a0[0] = e[0];
-    a0[1] = e[1];
-    a1[0] = e[2];
-    a1[1] = e[3];
+    if (c.fresh) {
+      v8sf e[4];
+      load_entries<4>(c.t.q, r * row, e);
+      cache[r][0][0] = e[0];
+      cache[r][0][1] = e[1];
+      cache[r][1][0] = e[2];
+      cache[r][1][1] = e[3];
+    }
+    for (int k = 0; k < 2; ++k) {
+      a0[k] = cache[r][0][k];
+      a1[k] = cache[r][1][k];
+    }
   }
 };
 
-// The 3D corners of 8 pixels: one 16-byte entry per corner and pixel.
+// The 3D corners of 8 pixels: one 16-byte entry per corner and pixel; cached like TableFlow2.
 struct TableFlow3 {
   const float* tab;
   int32_t row, plane;  // floats per table row (4 * (X + 1)) and plane (row * (Y + 1))
-  using Cell = TableCell;
+  using Cell = CachedCell;
+  mutable v8si last[3] = {v8si{} - 1, v8si{} - 1, v8si{} - 1};
+  mutable v8sf cache[4][2][3] = {};  // [row][x corner][component]
   __attribute__((target("avx2"))) Cell cell_3d(const v8si& z0, const v8si& y0, const v8si& x0) const {
-    return table_cell(tab, z0 * plane + y0 * row + x0 * 4);
+    Cell c;
+    c.fresh = !same_cell(last, z0, y0, x0);
+    if (c.fresh) table_cell(tab, z0 * plane + y0 * row + x0 * 4, c.t);
+    return c;
   }
   __attribute__((target("avx2"))) void corner_pair_3d(const Cell& c, int r, v8sf (&a0)[3], v8sf (&a1)[3]) const {
-    const int32_t d = ((r >> 1) & 1) * plane + (r & 1) * row;
-    load_entries<3>(c.q, d, a0);
-    load_entries<3>(c.q, d + 4, a1);
+    if (c.fresh) {
+      const int32_t d = ((r >> 1) & 1) * plane + (r & 1) * row;
+      load_entries<3>(c.t.q, d, cache[r][0]);
+      load_entries<3>(c.t.q, d + 4, cache[r][1]);
+    }
+    for (int k = 0; k < 3; ++k) {
+      a0[k] = cache[r][0][k];
+      a1[k] = cache[r][1][k];
+    }
   }
 };
 
 constexpr int kVecs2d = 4;  // v8sf vectors interleaved per thread (32 pixels)
-constexpr int kVecs3d = 2;  // (16 voxels: a 3D step has 3x the work and registers of a 2D one)
+constexpr int kVecs3d = 3;  // (16 voxels: a 3D step has 3x the work and registers of a 2D one)
 
 __attribute__((target("avx2"), flatten)) void track_avx2_2d(const TableFlow2& flow, const Shape& s, int niter,
                                                             const int64_t* idx, int count, float* positions) {
