@@ -236,12 +236,13 @@ def test_same_name_in_two_folders_is_refused_unless_mirrored(work):
     assert_nothing_half_written(work / "o_two")
 
 
-@pytest.mark.parametrize("model,says", [("missing.pth", "'missing.pth' is neither a model file nor a built-in"),
-                                        ("garbage.pth", "cannot read garbage.pth as a model file")])
+@pytest.mark.parametrize("model,says", [("missing.pth", r"no model file 'missing.pth'.*available built-in models"),
+                                        ("garbage.pth", r"cannot load model garbage.pth: ")])
 def test_bad_model_files(work, model, says):
+    import re
     (work / "garbage.pth").write_bytes(b"\x00not a model\xff" * 10)
     r = fastpose("segment", "in", "--out", "o_model", "--model", model, "--device", "cpu", "-q", cwd=work)
-    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert r.returncode == 2 and re.search(says, r.stderr), r.stderr
     assert_nothing_half_written(work / "o_model")
     assert not list((work / "o_model").iterdir())
 
