@@ -76,8 +76,13 @@ SETUP: Dict[str, str] = {
         from fastpose.train.cli import add_parser
         net = UNet(nbase=(2, 8, 16, 32, 64))
         data = [(np.zeros((2, 64, 64), np.float32), np.zeros((64, 64), np.int32))]
+        cell = np.zeros((64, 64), np.int32); cell[20:40, 20:40] = 1
+        (TMP / "state.txt").write_text("not a train state")
         def t(**kw):
             return train(net, data, device="cpu", progress=False, **kw)
+        def resume(path):
+            return train(net, [(np.random.default_rng(0).random((2, 64, 64), np.float32), cell)], epochs=1,
+                         tile=64, device="cpu", progress=False, resume=path, size_model=False)
         def cli(*argv):
             p = argparse.ArgumentParser(prog="fastpose"); add_parser(p.add_subparsers())
             err = io.StringIO()
@@ -315,6 +320,7 @@ CASES: List[Case] = [
     R(T, "workers_negative", "t(workers=-1)", "ValueError", r"workers"),
     R(T, "tile_tiny", "t(tile=4)", "ValueError", r"tile"),
     R(T, "size_model_epochs_zero", "t(size_model_epochs=0)", "ValueError", r"size_model_epochs"),
+    R(T, "resume_not_a_state", "resume(TMP / 'state.txt')", "ValueError", r"cannot resume from .*state.txt"),
     R(T, "size_model_n_epochs_zero", "train_size_model(net, None, n_epochs=0)", "ValueError", r"n_epochs"),
     R(T, "fit_size_model_nan", "fit_size_model(np.full((3, 2), np.nan), np.ones(3), 30.0)", "ValueError",
       r"finite"),

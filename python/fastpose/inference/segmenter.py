@@ -460,6 +460,14 @@ def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei"
     return_flows : bool
         Also return flows and cell probabilities in the result.
 
+    Every parameter is checked once, here, before any work (:meth:`Segmenter.check_options`,
+    :mod:`fastpose.checks`): a value of the wrong kind or out of range (NaN, a negative diameter, ``niter=0``, a
+    string for a bool, ...) is a ValueError naming the parameter, what was given and what is allowed; an unknown
+    keyword is a TypeError.  The work is bounded for every accepted value: ``diameter`` is at most
+    ``LIMITS["diameter"]``, a diameter that would resize the image beyond ``LIMITS["image_pixels"]`` or this
+    machine's memory is refused before anything is allocated, and the default ``niter`` never exceeds the
+    image's diagonal (nor ``LIMITS["niter"]``).  Images holding NaN or Inf are a ValueError.
+
     Returns
     -------
     SegmentResult or list of SegmentResult

@@ -304,7 +304,15 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
     if resume is not None:
         rp = Path(resume)
         rp = rp / STATE_FILE if rp.is_dir() else rp
-        st = torch.load(rp, map_location="cpu", weights_only=True)
+        try:
+            st = torch.load(rp, map_location="cpu", weights_only=True)  # never runs code from the file
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - PyTorch's own text advises weights_only=False: not passed on
+            raise ValueError(f"cannot resume from {rp}: not a readable {STATE_FILE} ({type(e).__name__}); "
+                             f"pass the {STATE_FILE} written by an epoch-counted run (or its folder)") from None
+        if not isinstance(st, dict) or not {"model", "optimizer", "epoch", "history"} <= set(st):
+            raise ValueError(f"cannot resume from {rp}: not a {STATE_FILE} (no model/optimizer/epoch/history)")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         if "scaler" in st and scaler.is_enabled():
