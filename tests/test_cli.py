@@ -225,3 +225,21 @@ def test_an_out_inside_the_inputs_is_not_read_back(folder: Path, model_file: Pat
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*_masks.tif")) == [
         "a_masks.tif", "b_masks.tif", "sub/c_masks.tif"]
     assert "segmented 3 of 3 input(s)" in caplog.text
+
+
+def test_a_full_disk_stops_the_batch_and_names_what_is_missing(folder: Path, tmp_path: Path, model_file: Path,
+                                                               caplog, monkeypatch):
+    import errno
+
+    from fastpose import outputs
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(outputs, "write_outputs", full)
+    caplog.set_level("INFO")
+    (folder / "broken_img.tif").unlink()
+    out = tmp_path / "out"
+    assert _run(folder, out, model_file) == 1
+    assert "stopping: --out" in caplog.text and "No space left on device" in caplog.text
+    assert "failed: " + str(folder / "a_img.tif") in caplog.text and "failed: " + str(folder / "b_img.tif") in caplog.text
+    assert not list(out.glob("*.fastpose.json"))
