@@ -202,3 +202,59 @@ def test_simd_path_bitwise_equals_scalar_labels(monkeypatch, labels2d):
     assert np.array_equal(fast, scalar), f"{(fast != scalar).sum()} coordinates differ between SIMD and scalar"
     # and both are the reference stepping rule
     np.testing.assert_allclose(fast, reference_follow_flows(dP, mask, 200), atol=1e-4, rtol=0)
+
+
+def _adversarial_flows(shape, kind, seed):
+    """Flows (finite, NaN-free) that stress the stepping rule where a second writing of it could differ."""
+    rng = np.random.default_rng(seed)
+    nd = len(shape)
+    if kind == "half":
+        # +-2.5 and +-7.5 move a pixel by exactly 0.5 / 1.5: positions at exact .5 (weights 0.5, cell edges)
+        dP = rng.choice(np.array([-7.5, -2.5, 0.0, 2.5, 7.5], F32), size=(nd, *shape))
+    elif kind == "extreme":
+        # magnitudes from the largest float to the smallest subnormal, signed zeros: overflow to Inf in the
+        # interpolation (then Inf - Inf = NaN inside the step, clamped to 0), underflow, -0 flows
+        vals = np.array([3.4e38, -3.4e38, 1e30, -1e30, 1e-38, -1e-38, 1.4e-45, -1.4e-45, 0.0, -0.0, 1e-7, 5.0,
+                         -5.0, 2.5, 123.456], F32)
+        dP = rng.choice(vals, size=(nd, *shape))
+    elif kind == "edges":
+        # everything pushed out of the volume through every face and corner: clamped positions, cells at the
+        # last row / column / plane (the padded table entries)
+        dP = (rng.choice(np.array([-1.0, 1.0], F32), size=(nd, *shape)) * 1e6).astype(F32)
+    else:  # "noisy": smooth flows plus noise, exact fixed points in a patch
+        dP = (smooth_flows(shape, seed, scale=8.0) + rng.normal(0, 1.5, (nd, *shape))).astype(F32)
+        dP[(slice(None),) + tuple(slice(0, 3) for _ in shape)] = 0.0
+    return np.ascontiguousarray(dP, dtype=F32)
+
+
+@pytest.mark.parametrize("shape", [(19, 23, 29), (1, 9, 13), (5, 1, 7), (4, 6, 1), (1, 1, 1), (2, 2, 2),
+                                   (33, 37), (1, 17), (9, 1)])
+@pytest.mark.parametrize("kind", ["half", "extreme", "edges", "noisy"])
+def test_simd_step_bitwise_equals_scalar_adversarial(monkeypatch, shape, kind):
+    """The SIMD lane type through the same step template gives the scalar step's bits on adversarial inputs:
+    exact .5 positions, extreme and subnormal flows, positions pushed out of the image (clamped), cells on the
+    last row / column / plane, 1-pixel-thin images, groups with padding lanes, exact fixed points."""
+    dP = _adversarial_flows(shape, kind, seed=31 + len(shape))
+    rng = np.random.default_rng(32)
+    mask = rng.random(shape) < 0.85  # masked-out corners count as 0; odd pixel counts leave padding lanes
+    for niter in (1, 2, 7, 60):
+        fast, scalar = _simd_vs_scalar(monkeypatch, dP, mask, niter)
+        assert np.array_equal(fast.view(np.uint32), scalar.view(np.uint32)), \
+            f"{kind} {shape} niter={niter}: {(fast != scalar).sum()} coordinates differ between SIMD and scalar"
+        for a, n in enumerate(shape):
+            assert fast[a].min() >= 0 and fast[a].max() <= n - 1
+    if kind in ("half", "noisy"):  # and both are the reference stepping rule (extremes: overflow differs)
+        np.testing.assert_allclose(fast, reference_follow_flows(dP, mask, 60), atol=1e-4, rtol=0)
+
+
+def test_simd_path_bitwise_equals_scalar_labels_3d(monkeypatch):
+    from fastpose.synthetic import random_labels
+    labels = random_labels((24, 48, 40), 12, diameter=12, seed=3)
+    dP = 5.0 * fc.masks_to_flows(labels)
+    rng = np.random.default_rng(24)
+    dP = (dP + rng.normal(0, 0.2, dP.shape)).astype(F32)
+    mask = labels > 0
+    fast, scalar = _simd_vs_scalar(monkeypatch, dP, mask, 200)
+    assert np.array_equal(fast.view(np.uint32), scalar.view(np.uint32)), \
+        f"{(fast != scalar).sum()} coordinates differ between SIMD and scalar"
+    np.testing.assert_allclose(fast, reference_follow_flows(dP, mask, 200), atol=1e-4, rtol=0)
