@@ -13,15 +13,26 @@
   sources (DSB-style folders, synthetic cells).
 * :mod:`~fastpose.train.evaluate` / :mod:`~fastpose.train.card` -- held-out scores and the JSON model card.
 * :mod:`~fastpose.train.cli` -- ``fastpose train`` and ``fastpose evaluate-card`` (``add_parser(subparsers)``).
+
+Names are loaded on first use, so ``fastpose train --help`` and the CLI's argument checks do not wait for PyTorch.
 """
 
 from __future__ import annotations
 
-from .data import TrainData, from_arrays, load_folder
-from .evaluate import evaluate_ap, evaluate_heldout
-from .loop import TrainResult, budget_lr, lr_schedule, seg_loss, train
-from .size_model import fit_size_model, predict_diameters, train_size_model
+import importlib
+from typing import Any
+
+_NAMES = {"TrainData": ".data", "from_arrays": ".data", "load_folder": ".data",
+          "evaluate_ap": ".evaluate", "evaluate_heldout": ".evaluate",
+          "TrainResult": ".loop", "budget_lr": ".loop", "lr_schedule": ".loop", "seg_loss": ".loop", "train": ".loop",
+          "fit_size_model": ".size_model", "predict_diameters": ".size_model", "train_size_model": ".size_model"}
 
 __all__ = ["train", "TrainResult", "TrainData", "load_folder", "from_arrays", "lr_schedule", "budget_lr",
            "seg_loss", "evaluate_ap", "evaluate_heldout", "fit_size_model", "predict_diameters",
            "train_size_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name], __name__), name)
+    raise AttributeError(f"module 'fastpose.train' has no attribute {name!r}")

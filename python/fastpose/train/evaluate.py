@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-import torch.nn as nn
+
+if TYPE_CHECKING:  # PyTorch is imported where it is used, so the CLI's parser does not wait for it
+    import torch
+    import torch.nn as nn
 
 from .data import TrainData
 
@@ -52,6 +54,8 @@ def _segmenter(model: nn.Module, device: Union[str, torch.device]) -> Iterator[A
     if tmp_meta:  # tells the Segmenter the architecture (tile size) of a bare network
         model.fastpose_meta = {"arch": model.arch(), "nchan": int(model.nchan)}
     was_training = model.training
+    import torch
+
     dev = torch.device(device)
     try:
         yield Segmenter(model, device="cuda" if dev.type == "cuda" else "cpu")
@@ -150,6 +154,8 @@ def evaluate_heldout(model: nn.Module, data: TrainData, device: Union[str, torch
             out[mode] = block
             log.info("%s: AP@%.2f %.4f (%d images, %.0f s)", mode, thresholds[0],
                      block[f"ap{_pct(thresholds[0])}_mean"], len(data), time.perf_counter() - tm)
+    import torch
+
     dev = torch.device(device)
     out["evaluated"] = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
