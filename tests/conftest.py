@@ -3,9 +3,16 @@
 
 GPU cases are skipped when no CUDA GPU is usable, unless FASTPOSE_REQUIRE_CUDA=1, in which case they
 must run (and fail if the GPU path is missing).
+
+The suite never writes into the user's cache: ``FASTPOSE_CACHE`` (the ONNX exports of the default CPU backend)
+points at a folder of this session, removed at the end, unless the caller set it.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,10 +21,21 @@ import fastpose.core as fc
 from _helpers import REQUIRE_CUDA, cuda_ok
 from fastpose.synthetic import random_labels
 
+_SESSION_CACHE = None
+
 
 def pytest_configure(config):
+    global _SESSION_CACHE
+    if "FASTPOSE_CACHE" not in os.environ:  # inherited by the CLI subprocesses too
+        _SESSION_CACHE = tempfile.mkdtemp(prefix="fastpose-test-cache-")
+        os.environ["FASTPOSE_CACHE"] = _SESSION_CACHE
     if REQUIRE_CUDA and not cuda_ok():
         raise pytest.UsageError("FASTPOSE_REQUIRE_CUDA=1 but no usable CUDA GPU / CUDA build of fastpose")
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
