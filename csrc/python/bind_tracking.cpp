@@ -16,7 +16,7 @@ void bind_tracking(py::module_& m) {
       py::arg("stream"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
       "Euler-track every pixel with mask != 0 for niter steps along dP / 5; writes [ndim, Z, Y, X] positions.");
   m.def("tracking_simd_path", &tracking_simd_path,
-        "The CPU path of 2D follow_flows now: 'avx2' or 'scalar' (FASTPOSE_NO_SIMD=1 forces 'scalar').");
+        "The CPU path of follow_flows (2D and 3D) now: 'avx2' or 'scalar' (FASTPOSE_NO_SIMD=1 forces 'scalar').");
 }
 
 }  // namespace fastpose

@@ -23,10 +23,10 @@ namespace fastpose {
 void follow_flows(const float* dP, const uint8_t* mask, const Shape& shape, int niter, float* positions,
                   const Exec& ex);
 
-/// The code path follow_flows takes for 2D images on the CPU now: "avx2" (x86-64 CPUs with AVX2, unless the
-/// environment sets FASTPOSE_NO_SIMD to anything but "" or "0") or "scalar".  3D images, niter == 0 and 2D
-/// images too large for the AVX2 path's int32 table offsets (or its memory) always take the scalar path.
-/// Both paths give bitwise the same positions.
+/// The code path follow_flows takes on the CPU now (2D and 3D): "avx2" (x86-64 CPUs with AVX2, unless the
+/// environment sets FASTPOSE_NO_SIMD to anything but "" or "0") or "scalar".  niter == 0 and images too large
+/// for the AVX2 path's int32 table offsets (or its memory: 8 bytes per pixel in 2D, 16 per voxel in 3D) take
+/// the scalar path.  Both paths run the same step template and give bitwise the same positions.
 const char* tracking_simd_path() noexcept;
 
 }  // namespace fastpose
