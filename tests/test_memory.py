@@ -87,6 +87,31 @@ def test_bounded_path_equals_whole_path(tiny_net, no_net_estimate, kind):
     np.testing.assert_array_equal(res.masks, ref.masks)
 
 
+def test_segment_many_keeps_a_lazy_image_alone(tiny_net, no_net_estimate, monkeypatch):
+    """In a stream, an image over the budget goes alone through the bounded path (never stacked, i.e. never
+    materialised) between pooled ordinary images, with the results of the whole-image path, in input order."""
+    import fastpose.inference.segmenter as segmod
+
+    big, small = _blobs((900, 300), seed=4), _blobs((224, 224), seed=5)
+    kw = {"diameter": 0, "return_flows": True}
+    ref = Segmenter(tiny_net, device="cpu")
+    want = [ref.segment(im, **kw) for im in (small, big, small)]
+    seg = _between(tiny_net, big, **kw)
+    seen = []
+    real = segmod.Segmenter.maps_bounded
+
+    def spy(self, x, *a, **k):
+        seen.append(type(x).__name__)
+        return real(self, x, *a, **k)
+
+    monkeypatch.setattr(segmod.Segmenter, "maps_bounded", spy)
+    got = list(seg.segment_many([small, big, small], **kw))
+    assert seen == ["LazyImage"]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.masks, w.masks)
+        np.testing.assert_array_equal(g.flows, w.flows)
+
+
 def test_bounded_path_oracle_masks(no_net_estimate):
     """With an oracle network the maps are the input: the bounded path recovers the same (many) masks."""
     labels = random_labels((1000, 260), 250, diameter=20, seed=3)

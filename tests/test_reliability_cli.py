@@ -78,6 +78,7 @@ NUMERIC = [
     ("segment", "--channels", ["nan", "-1", "0.5", "x"]),
     ("segment", "--channel-axis", ["nan", "9", "-9", "1.5", "x"]),
     ("segment", "--z-axis", ["nan", "9", "-9", "1.5", "x"]),
+    ("segment", "--max-memory", ["nan", "-1", "0", "8XB", "x"]),
     ("export", "--tile", ["nan", "0", "-16", "1e9", "x"]),
     ("export", "--opset", ["nan", "0", "999", "17.5", "x"]),
     ("export", "--rtol", ["nan", "0", "-1", "2", "x"]),

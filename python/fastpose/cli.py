@@ -38,6 +38,7 @@ import numpy as np
 
 from . import checks
 from .outputs import KINDS_2D, OUTPUT_FILES, OUTPUT_KINDS, RECORD_SUFFIX
+from .inference.budget import parse_memory
 
 log = logging.getLogger("fastpose")
 
@@ -62,7 +63,7 @@ class Interrupted(BaseException):
 # Names with an underscore never occur in prose and are always replaced; plain words only as ``name=``.
 _FLAGS = {"channel_axis": "--channel-axis", "z_axis": "--z-axis", "do_3D": "--do-3d",
           "stitch_threshold": "--stitch-threshold", "flow_threshold": "--flow-threshold",
-          "cellprob_threshold": "--cellprob-threshold", "min_size": "--min-size", "batch_size": "--batch-size",
+          "cellprob_threshold": "--cellprob-threshold", "min_size": "--min-size", "batch_size": "--batch-size", "max_memory": "--max-memory",
           "tile_norm": "--tile-norm", "workspace_gb": "--workspace-gb", "channels": "--channels",
           "diameter": "--diameter", "anisotropy": "--anisotropy", "niter": "--niter", "tile": "--tile",
           "opset": "--opset", "rtol": "--rtol", "precision": "--precision", "device": "--device"}
@@ -421,7 +422,7 @@ def _segment(args: argparse.Namespace, b: _Batch) -> int:
         return EXIT_OK
 
     seg = Segmenter(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                    backend=args.backend)
+                    backend=args.backend, max_memory=args.max_memory)
     log.info("%d image(s); model %s on %s (core: %s)", len(todo), args.model, seg.device, seg.core_device)
     kw: Dict[str, Any] = {
         "channel_axis": args.channel_axis, "z_axis": args.z_axis, "channels": args.channels,
@@ -598,6 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): the GPU when one is usable")
     s.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                    help="network precision (auto: fp16 on GPU, fp32 on CPU)")
+    s.add_argument("--max-memory", type=_num(parse_memory), default=None, metavar="SIZE",
+                   help="memory budget of one 2D image, bytes or a size such as 8GB or 512MiB (default: 80%% of the "
+                        "memory available when the image arrives); an image whose whole-image path would exceed it "
+                        "is tiled from the original array into a preallocated result (same masks), and one that "
+                        "would exceed it even so is refused with the estimate and what to do")
     s.add_argument("--backend", choices=["auto", "torch", "compile", "onnxruntime", "tensorrt"], default="auto",
                    help="how the network runs: auto (default: onnxruntime on the CPU, ~2.9x eager PyTorch, the ONNX "
                         "export cached after its first use; torch on a GPU), torch (eager), compile (torch.compile), "

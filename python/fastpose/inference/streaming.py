@@ -21,6 +21,8 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..transforms import LazyImage
+
 __all__ = ["stream"]
 
 log = logging.getLogger("fastpose.inference")
@@ -100,6 +102,12 @@ def _pooled(seg: Any, images: Iterable[Any], p: Dict[str, Any], return_errors: b
             if isinstance(x, Exception):
                 slots.append(x)
                 continue
+            if isinstance(x, LazyImage):  # over the memory budget: alone, never stacked (materialised)
+                if group or slots:
+                    yield np.stack(group) if group else None, slots
+                    group, slots = [], []
+                yield x, [None]
+                continue
             if group and (x.shape != group[0].shape or len(group) >= seg.group_size(x.shape)):
                 yield np.stack(group), slots
                 group, slots = [], []
@@ -112,6 +120,9 @@ def _pooled(seg: Any, images: Iterable[Any], p: Dict[str, Any], return_errors: b
         if xb is None:
             return None
         try:
+            if isinstance(xb, LazyImage):  # one image by the bounded path: given a batch axis of one
+                y, st = seg.maps(xb, rescale, augment, overlap)
+                return y[None], (None if st is None else st[None])
             return seg.maps(xb, rescale, augment, overlap)
         except Exception as e:  # noqa: BLE001
             if not return_errors:
