@@ -13,8 +13,8 @@
 // tests/test_tracking.py compares both paths bitwise (random, border-pushing and adversarial positions).
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
-#include <vector>
 
 #include "common/parallel.h"
 #include "tracking/tracking_backends.h"
@@ -367,22 +367,19 @@ bool follow_all_avx2(const float* dP, const uint8_t* mask, const Shape& s, int n
   const int64_t comps = s.ndim == 2 ? 2 : 4;
   const int64_t entries = (s.ndim == 2 ? 1 : s.z + 1) * (s.y + 1) * (s.x + 1);
   if (entries * comps + 8 > int64_t(INT32_MAX)) return false;
-  std::vector<float> tab;
-  try {
-    tab.resize(size_t(entries * comps));
-  } catch (const std::bad_alloc&) {
-    return false;
-  }
+  // Uninitialised: build_table_* writes every entry (a zero-filled vector would write the table twice).
+  std::unique_ptr<float[]> tab(new (std::nothrow) float[size_t(entries * comps)]);
+  if (!tab) return false;
   if (s.ndim == 2) {
-    build_table_2d(dP, mask, s.y, s.x, tab.data(), nt);
-    const TableFlow2 flow{tab.data(), int32_t(2 * (s.x + 1))};
+    build_table_2d(dP, mask, s.y, s.x, tab.get(), nt);
+    const TableFlow2 flow{tab.get(), int32_t(2 * (s.x + 1))};
     for_each_tracked_group<8 * kVecs2d>(mask, s, niter, positions, nt, [&](const int64_t* idx, int count) {
       track_avx2_2d(flow, s, niter, idx, count, positions);
     });
   } else {
-    build_table_3d(dP, mask, s.z, s.y, s.x, tab.data(), nt);
+    build_table_3d(dP, mask, s.z, s.y, s.x, tab.get(), nt);
     const int32_t row = int32_t(4 * (s.x + 1));
-    const TableFlow3 flow{tab.data(), row, int32_t(row * (s.y + 1))};
+    const TableFlow3 flow{tab.get(), row, int32_t(row * (s.y + 1))};
     for_each_tracked_group<8 * kVecs3d>(mask, s, niter, positions, nt, [&](const int64_t* idx, int count) {
       track_avx2_3d(flow, s, niter, idx, count, positions);
     });
