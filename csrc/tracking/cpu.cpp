@@ -9,7 +9,9 @@
 // instantiated with it.  What is SIMD-specific is only
 //   * Lanes<v8sf>: one AVX instruction per lane operation, each with the IEEE semantics of Lanes<float>;
 //   * the flow tables (build_table_2d / build_table_3d) and their corner loads (TableFlow2 / TableFlow3):
-//     the same floats as impl::MaskedPlanarFlow, laid out so that a pixel's corners are contiguous.
+//     the same floats as impl::MaskedPlanarFlow, laid out so that a pixel's corners are contiguous, and kept
+//     per vector while none of its lanes changes cell (the same cell has the same corners; most steps near a
+//     fixed point stay in their cell), so most steps load no corners at all.
 // tests/test_tracking.py compares both paths bitwise (random, border-pushing and adversarial positions).
 #include <cstdlib>
 #include <cstring>
