@@ -38,8 +38,14 @@ class Scratch {
       if (zero) detail::device_memset(ptr_, 0, sizeof(T) * size_t(n_), ex.stream);
     }
   }
-  ~Scratch() {
+  ~Scratch() { release(); }
+  /// Free the memory now (before the end of the scope); get() is null afterwards.  On CUDA the free is
+  /// stream-ordered, so kernels already queued on ex.stream that use the buffer are not affected.
+  void release() noexcept {
     if (ex_.device == Device::CUDA && ptr_) detail::device_free(ptr_, ex_.stream);
+    host_.reset();
+    ptr_ = nullptr;
+    n_ = 0;
   }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;

@@ -45,6 +45,11 @@ int64_t compute_masks(const float* dP, const float* cellprob, const Shape& shape
 
   const int64_t count =
       FP_BACKEND_CALL(ex, "compute_masks", get_masks, pos, mask.get(), shape, labels, max_pixels, ex);
+  // The threshold mask and the tracked positions (1 + 4 * ndim bytes per pixel) are not needed past
+  // get_masks: free them before the flow QC and the clean-up, whose own buffers then replace them instead of
+  // adding to them (the peak of the chain is that of tracking / clustering, not of the QC).
+  mask.release();
+  pos_scratch.release();
   if (count == 0) return 0;
 
   const bool qc = params.flow_threshold > 0.0f && (shape.ndim == 2 || params.flow_qc_3d);
