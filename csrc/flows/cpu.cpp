@@ -56,11 +56,12 @@ struct MaskBuffers {
   std::vector<int64_t> span;  // per box row (zb * ly + yb): first and one-past-last in-mask xb (0, 0: none)
 };
 
-/// Flows of mask k + 1 written into `flows` at its pixels.
-void mask_flows(const int32_t* labels, const Shape& shape, const LabelStats& s, int32_t lab, int niter_user,
-                float* flows, MaskBuffers& buf) {
+/// The diffused heat of mask `lab` in its padded box b (returned; the heat is in the buffer returned through
+/// `heat`, box-local raster order).  The flow of a mask pixel at box index i is impl::heat_flow(heat, i, ...).
+Box mask_heat(const int32_t* labels, const Shape& shape, const LabelStats& s, int32_t lab, int niter_user,
+              MaskBuffers& buf, const float*& heat) {
   const int ndim = shape.ndim;
-  const int64_t n = shape.numel(), Y = shape.y, X = shape.x;
+  const int64_t Y = shape.y, X = shape.x;
   const Box b = impl::padded_box(s, ndim);
   const int64_t nbox = b.size(), sy = b.lx, sz = b.ly * b.lx;
   buf.a.assign(size_t(nbox), 0.0f);
@@ -120,7 +121,20 @@ void mask_flows(const int32_t* labels, const Shape& shape, const LabelStats& s, 
     }
     std::swap(cur, nxt);
   }
+  heat = cur;
+  return b;
+}
 
+/// Flows of mask `lab` written into `flows` at its pixels.
+void mask_flows(const int32_t* labels, const Shape& shape, const LabelStats& s, int32_t lab, int niter_user,
+                float* flows, MaskBuffers& buf) {
+  const int ndim = shape.ndim;
+  const int64_t n = shape.numel(), Y = shape.y, X = shape.x;
+  const float* cur = nullptr;
+  const Box b = mask_heat(labels, shape, s, lab, niter_user, buf, cur);
+  const float* m = buf.m.data();
+  const int64_t sy = b.lx, sz = b.ly * b.lx;
+  const int64_t zb0 = ndim == 3 ? 1 : 0, zb1 = ndim == 3 ? b.lz - 1 : 1;
   float v[3];
   for (int64_t zb = zb0; zb < zb1; ++zb) {
     for (int64_t yb = 1; yb < b.ly - 1; ++yb) {
@@ -137,6 +151,19 @@ void mask_flows(const int32_t* labels, const Shape& shape, const LabelStats& s, 
   }
 }
 
+/// Indices k of the present labels (count > 0), largest padded boxes first for load balance (no result
+/// depends on the order).
+std::vector<int64_t> largest_first(const std::vector<LabelStats>& st, int ndim) {
+  std::vector<int64_t> order;
+  order.reserve(st.size());
+  for (size_t k = 0; k < st.size(); ++k)
+    if (st[k].count > 0) order.push_back(int64_t(k));
+  std::vector<int64_t> size(st.size(), 0);
+  for (int64_t k : order) size[size_t(k)] = impl::padded_box(st[size_t(k)], ndim).size();
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return size[size_t(a)] > size[size_t(b)]; });
+  return order;
+}
+
 /// Flows of all labels with statistics `st` (flows fully overwritten).
 void flows_from_stats(const int32_t* labels, const Shape& shape, const std::vector<LabelStats>& st, int niter,
                       float* flows, int nt) {
@@ -144,15 +171,7 @@ void flows_from_stats(const int32_t* labels, const Shape& shape, const std::vect
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t i = 0; i < total; ++i) flows[i] = 0.0f;
 
-  // largest boxes first for load balance (the result does not depend on the order)
-  std::vector<int64_t> order;
-  order.reserve(st.size());
-  for (size_t k = 0; k < st.size(); ++k)
-    if (st[k].count > 0) order.push_back(int64_t(k));
-  std::vector<int64_t> size(st.size(), 0);
-  for (int64_t k : order) size[size_t(k)] = impl::padded_box(st[size_t(k)], shape.ndim).size();
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return size[size_t(a)] > size[size_t(b)]; });
-
+  const std::vector<int64_t> order = largest_first(st, shape.ndim);
   const int64_t nmasks = int64_t(order.size());
 #pragma omp parallel num_threads(nt)
   {
@@ -165,36 +184,51 @@ void flows_from_stats(const int32_t* labels, const Shape& shape, const std::vect
   }
 }
 
-/// Per-mask flow errors for labels 1..st.size(); errors[st.size()..nlabels) = 0.
-void errors_from_stats(const int32_t* labels, const Shape& shape, const float* dP, const std::vector<LabelStats>& st,
-                       int64_t nlabels, float* errors, int nt) {
+/// Flow error of mask `lab` (statistics s, count > 0): its flows are recomputed in its padded box only (the
+/// thread's buffers) and compared with dP at its pixels, with the lanes and the reduction order of the CUDA
+/// kernel (impl::kErrLanes).  Box-local flows are those masks_to_flows writes at the same pixels, bit for bit.
+float mask_error(const int32_t* labels, const Shape& shape, const float* dP, const LabelStats& s, int32_t lab,
+                 MaskBuffers& buf) {
   const int ndim = shape.ndim;
   const int64_t n = shape.numel(), Y = shape.y, X = shape.x;
-  std::vector<float> flows(static_cast<size_t>(ndim * n));
-  if (n > 0) flows_from_stats(labels, shape, st, 0, flows.data(), nt);
-  const int64_t L = int64_t(st.size());
-  for (int64_t k = L; k < nlabels; ++k) errors[k] = 0.0f;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
-  for (int64_t k = 0; k < L; ++k) {
-    const LabelStats& s = st[size_t(k)];
-    if (s.count == 0) {
-      errors[k] = 0.0f;
-      continue;
-    }
-    const int32_t lab = int32_t(k + 1);
-    double lanes[impl::kErrLanes] = {0.0};
-    int64_t j = 0;  // raster index in the unpadded bounding box
-    for (int64_t z = s.lo[0]; z <= s.hi[0]; ++z)
-      for (int64_t y = s.lo[1]; y <= s.hi[1]; ++y) {
-        const int64_t gb = (z * Y + y) * X;
-        for (int64_t x = s.lo[2]; x <= s.hi[2]; ++x, ++j) {
-          const int64_t g = gb + x;
-          if (labels[g] != lab) continue;
-          double& acc = lanes[j % impl::kErrLanes];
-          acc = acc + impl::flow_err_term(flows.data(), dP, g, n, ndim);
-        }
+  const float* heat = nullptr;
+  const Box b = mask_heat(labels, shape, s, lab, 0, buf, heat);
+  const int64_t sy = b.lx, sz = b.ly * b.lx;
+  double lanes[impl::kErrLanes] = {0.0};
+  float v[3];
+  int64_t j = 0;  // raster index in the unpadded bounding box
+  for (int64_t z = s.lo[0]; z <= s.hi[0]; ++z)
+    for (int64_t y = s.lo[1]; y <= s.hi[1]; ++y) {
+      const int64_t gb = (z * Y + y) * X;
+      const int64_t ib = ((z - b.oz) * b.ly + (y - b.oy)) * b.lx - b.ox;
+      for (int64_t x = s.lo[2]; x <= s.hi[2]; ++x, ++j) {
+        const int64_t g = gb + x;
+        if (labels[g] != lab) continue;
+        impl::heat_flow(heat, ib + x, sz, sy, ndim, v);
+        double& acc = lanes[j % impl::kErrLanes];
+        acc = acc + impl::flow_err_term_at(v, 1, dP, g, n, ndim);
       }
-    errors[k] = impl::flow_err_final(impl::err_tree_reduce(lanes), s.count);
+    }
+  return impl::flow_err_final(impl::err_tree_reduce(lanes), s.count);
+}
+
+/// Per-mask flow errors for labels 1..st.size(); errors[st.size()..nlabels) = 0.  No whole-image flow array:
+/// each mask's flows live in its thread's box buffers only while its error is summed.
+void errors_from_stats(const int32_t* labels, const Shape& shape, const float* dP, const std::vector<LabelStats>& st,
+                       int64_t nlabels, float* errors, int nt) {
+  const int64_t L = int64_t(st.size());
+  for (int64_t k = 0; k < nlabels; ++k) errors[k] = 0.0f;
+  if (shape.numel() == 0) return;
+  const std::vector<int64_t> order = largest_first(st, shape.ndim);
+  const int64_t nmasks = int64_t(order.size());
+#pragma omp parallel num_threads(nt)
+  {
+    MaskBuffers buf;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t j = 0; j < nmasks; ++j) {
+      const int64_t k = order[size_t(j)];
+      if (k < L) errors[k] = mask_error(labels, shape, dP, st[size_t(k)], int32_t(k + 1), buf);
+    }
   }
 }
 

@@ -122,14 +122,21 @@ FP_HOST_DEVICE void heat_flow(const float* T, int64_t i, int64_t sz, int64_t sy,
 /// in raster order, then combined by the fixed tree of err_tree_reduce.
 constexpr int kErrLanes = 256;
 
-/// Squared flow error of image pixel g: sum_c (flows[c, g] - dP[c, g] / 5)^2 in double.
-FP_HOST_DEVICE double flow_err_term(const float* flows, const float* dP, int64_t g, int64_t n, int ndim) {
+/// Squared flow error of image pixel g whose recomputed flow components are f[0], f[stride], ...:
+/// sum_c (f[c * stride] - dP[c, g] / 5)^2 in double.
+FP_HOST_DEVICE double flow_err_term_at(const float* f, int64_t stride, const float* dP, int64_t g, int64_t n,
+                                       int ndim) {
   double t = 0.0;
   for (int c = 0; c < ndim; ++c) {
-    const double d = double(flows[c * n + g]) - double(dP[c * n + g]) / 5.0;
+    const double d = double(f[c * stride]) - double(dP[c * n + g]) / 5.0;
     t = t + d * d;
   }
   return t;
+}
+
+/// Squared flow error of image pixel g from whole-image flows [ndim, n]: sum_c (flows[c, g] - dP[c, g] / 5)^2.
+FP_HOST_DEVICE double flow_err_term(const float* flows, const float* dP, int64_t g, int64_t n, int ndim) {
+  return flow_err_term_at(flows + g, n, dP, g, n, ndim);
 }
 
 /// Final per-mask error from the reduced sum.
