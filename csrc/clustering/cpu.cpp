@@ -41,25 +41,35 @@ int64_t get_masks(const float* positions, const uint8_t* mask, const Shape& shap
   std::sort(seeds.begin(), seeds.end(),
             [hp](int64_t a, int64_t b) { return impl::seed_before(hp[a], a, hp[b], b); });
 
-  // 4. grow the regions in parallel, then write them in rank order: the highest rank wins (max rule).
-  std::vector<std::vector<int64_t>> regions(static_cast<size_t>(S));
+  // 4. grow the regions in parallel, then write them in rank order: the highest rank wins (max rule).  The
+  // regions are kept as their window-local cell indices (int16, as grow_seed's queue holds them) in one flat
+  // buffer: a first pass sizes each region, a second writes it at its offset (2 bytes per region cell and
+  // 8 per seed, one allocation, instead of a vector of int64 bins per seed).
+  std::vector<int64_t> offset(size_t(S) + 1, 0);
+#pragma omp parallel num_threads(nt)
+  {
+    impl::GrowScratch g;
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t r = 0; r < S; ++r) offset[size_t(r) + 1] = impl::grow_seed(hp, s, seeds[size_t(r)], g);
+  }
+  for (int64_t r = 0; r < S; ++r) offset[size_t(r) + 1] += offset[size_t(r)];
+  std::vector<int16_t> cells(static_cast<size_t>(offset[size_t(S)]));
 #pragma omp parallel num_threads(nt)
   {
     impl::GrowScratch g;
 #pragma omp for schedule(dynamic, 16)
     for (int64_t r = 0; r < S; ++r) {
       const int m = impl::grow_seed(hp, s, seeds[size_t(r)], g);
-      std::vector<int64_t>& reg = regions[size_t(r)];
-      reg.resize(size_t(m));
-      for (int k = 0; k < m; ++k) reg[size_t(k)] = impl::local_to_bin(s, seeds[size_t(r)], g.queue[k]);
+      std::copy(g.queue, g.queue + m, cells.begin() + offset[size_t(r)]);
     }
   }
   std::vector<int32_t>& M = h;  // the histogram is no longer needed: reuse it as the bin -> rank + 1 map
   std::fill(M.begin(), M.end(), 0);
   for (int64_t r = 0; r < S; ++r)
-    for (int64_t b : regions[size_t(r)]) M[size_t(b)] = int32_t(r + 1);
-  regions.clear();
-  regions.shrink_to_fit();
+    for (int64_t k = offset[size_t(r)]; k < offset[size_t(r) + 1]; ++k)
+      M[size_t(impl::local_to_bin(s, seeds[size_t(r)], cells[size_t(k)]))] = int32_t(r + 1);
+  std::vector<int16_t>().swap(cells);
+  std::vector<int64_t>().swap(offset);
 
   // 5. pixel labels (rank + 1), then per-seed pixel counts and first pixels.
   const int32_t* Mp = M.data();
