@@ -244,10 +244,19 @@ def finish_labels(labels: Any, n: int, where: Placement) -> Any:
     return finish(labels, where).astype(_labels.labels_dtype(n), copy=False)
 
 
+#: elements per chunk of :func:`any_nonfinite` on NumPy arrays (its boolean temporary stays this small)
+_FINITE_CHUNK = 1 << 20
+
+
 def any_nonfinite(a: Any) -> bool:
-    """True when a float array has NaN or Inf."""
+    """True when a float array has NaN or Inf.  NumPy arrays are scanned in chunks of :data:`_FINITE_CHUNK`
+    elements, so the check never allocates a whole-image boolean array (1 byte per element)."""
     if isinstance(a, np.ndarray):
-        return not bool(np.isfinite(a).all())
+        if a.size <= _FINITE_CHUNK:
+            return not bool(np.isfinite(a).all())
+        flat = a.reshape(-1)  # a view for the contiguous arrays prepare() returns
+        return any(not bool(np.isfinite(flat[i:i + _FINITE_CHUNK]).all())
+                   for i in range(0, flat.size, _FINITE_CHUNK))
     torch = torch_module()
     return not bool(torch.isfinite(a).all().item())
 

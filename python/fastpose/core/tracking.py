@@ -13,11 +13,12 @@ __all__ = ["follow_flows", "tracking_path"]
 
 
 def tracking_path() -> str:
-    """The code path :func:`follow_flows` takes for 2D images on the CPU now: ``"avx2"`` or ``"scalar"``.
+    """The code path :func:`follow_flows` takes on the CPU now: ``"avx2"`` or ``"scalar"``.
 
     ``"avx2"`` on x86-64 CPUs with AVX2 unless the environment variable ``FASTPOSE_NO_SIMD`` is set to anything
-    but ``""`` or ``"0"`` (read at every call).  3D images, ``niter=0`` and 2D images too large for the AVX2
-    path's table always take the scalar path; both paths give bitwise the same positions.
+    but ``""`` or ``"0"`` (read at every call).  2D and 3D take the AVX2 path; ``niter=0`` and images whose
+    table would exceed int32 offsets (16 bytes/voxel in 3D, 8 bytes/pixel in 2D) take the scalar path.  Both
+    paths give bitwise the same positions.
     """
     return str(_core.tracking_simd_path())
 

@@ -35,10 +35,11 @@ log = logging.getLogger("fastpose.inference")
 
 #: default budget: this fraction of the memory available when an image arrives
 DEFAULT_FRACTION = 0.8
-#: peak bytes per pixel of ``fastpose.core.compute_masks`` on the CPU in 2D beyond its inputs (measured: 43.4 on a
-#: 3000 x 3000 image of ~10000 cells: threshold mask 1, tracked positions 8, end-point histogram 4, seed regions,
-#: int32 labels 4, flow-QC flows 8, the uint16 labels 2)
-MASKS_BYTES_PER_PIXEL = 44
+#: peak bytes per pixel of ``fastpose.core.compute_masks`` on the CPU in 2D beyond its inputs (measured: 17.2-17.7
+#: at 3000^2-8000^2 with 40000-320000 cells, all-foreground or not; the peak is tracking (threshold mask 1,
+#: positions 8, the AVX2 flow table 8) or clustering (mask 1, positions 8, histogram 4, int32 labels 4); the
+#: mask and positions are freed before the flow QC, which works per mask; tests/test_core_memory.py holds it)
+MASKS_BYTES_PER_PIXEL = 20
 #: network activations per tile pixel of a batch (measured for the Cellpose U-Net, CPU fp32: ~1.7 kB)
 NET_BYTES_PER_TILE_PIXEL = 2048
 
