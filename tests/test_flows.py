@@ -370,3 +370,62 @@ def test_cuda_shared_memory_paths_and_host_threads():
     for f, e in results:
         assert np.array_equal(f, f_cpu)
         assert np.array_equal(e, e_cpu)
+
+
+# ------------------------------------------------------------------------------------------------
+# The flow QC's per-mask (box-local) flows are those of masks_to_flows, bit for bit
+# ------------------------------------------------------------------------------------------------
+
+def lane_errors(labels: np.ndarray, flows: np.ndarray, dP: np.ndarray) -> np.ndarray:
+    """flow_errors' documented arithmetic on whole-image flows: per mask, the pixel terms sum_c (f - dP / 5)^2
+    (float64) go to lane j % 256 (j: raster index in the mask's bounding box), each lane summed in raster order,
+    the lanes combined by the fixed halving tree, the sum divided by the count, rounded to float32."""
+    nl = int(labels.max())
+    out = np.zeros(nl, np.float32)
+    for lab in range(1, nl + 1):
+        m = labels == lab
+        if not m.any():
+            continue
+        idx = np.argwhere(m)
+        lo, hi = idx.min(0), idx.max(0)
+        box = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
+        mb = m[box].ravel()
+        j = np.flatnonzero(mb)
+        t = np.zeros(j.size)
+        for c in range(flows.shape[0]):
+            d = flows[c][box].ravel()[mb].astype(np.float64) - dP[c][box].ravel()[mb].astype(np.float64) / 5.0
+            t = t + d * d
+        lanes = np.zeros(256)
+        np.add.at(lanes, j % 256, t)  # unbuffered: each lane in raster order
+        s = 128
+        while s:
+            lanes[:s] = lanes[:s] + lanes[s:2 * s]
+            s //= 2
+        out[lab - 1] = np.float32(lanes[0] / j.size)
+    return out
+
+
+def awkward_labels_2d() -> np.ndarray:
+    """Touching masks, masks on every image border, a label in two far-apart parts (its box covers others), a
+    ring around another mask, one-pixel masks."""
+    lab = random_labels((90, 110), 30, diameter=16, seed=11, min_distance=0.3)
+    lab[lab == 3] = 0
+    lab[2:6, 3:9] = 3
+    lab[80:88, 95:104] = 3
+    n = int(lab.max())
+    lab[40:60, 0:25] = 0
+    lab[40:60, 0:25][np.hypot(*np.mgrid[-10:10, -12:13]) < 10] = n + 1
+    lab[44:56, 0:8] = n + 2
+    lab[0, 50] = n + 3
+    lab[89, 109] = n + 4
+    return lab
+
+
+def test_flow_errors_bitwise_equal_whole_image_flows(device, small3d):
+    rng = np.random.default_rng(4)
+    for lab in (awkward_labels_2d(), small3d, random_labels((70, 75), 200, diameter=8, seed=2, min_distance=0.2)):
+        lab = lab.astype(np.int32)
+        f = np.asarray(fc.masks_to_flows(lab))
+        dP = (5 * f + rng.normal(0, 1.5, f.shape)).astype(np.float32)
+        err = np.asarray(fc.flow_errors(lab, dP))
+        np.testing.assert_array_equal(err, lane_errors(lab, f, dP))

@@ -160,3 +160,23 @@ def test_vs_reference_chain(device, shape, n, diam, kw):
     ref = reference_compute_masks(dP, prob, **kw)
     assert 3 <= ref.max() < labels.max()  # the QC or the size limit removed masks
     np.testing.assert_array_equal(fc.compute_masks(dP, prob, **kw), ref)
+
+
+@pytest.mark.parametrize("shape,n,diam,kw", [((120, 130), 60, 14, {}), ((120, 130), 60, 14, {"min_size": 60}),
+                                             ((20, 40, 44), 10, 12, {"flow_qc_3d": True})])
+def test_equals_the_public_ops_composed(device, shape, n, diam, kw):
+    """compute_masks (which frees the mask and positions before the QC and works the QC per mask) gives bitwise
+    the labels of follow_flows -> get_masks -> remove_bad_flow_masks -> fill_holes_and_remove_small_masks."""
+    labels = random_labels(shape, n, diameter=diam, seed=9)
+    rng = np.random.default_rng(3)
+    dP = (5.0 * fc.masks_to_flows(labels) + rng.normal(0, 1.2, (len(shape), *shape))).astype(np.float32)
+    prob = (cellprob_from_labels(labels) + rng.normal(0, 1.0, shape)).astype(np.float32)
+    mask = prob > 0.0
+    pos = fc.follow_flows(dP, mask, 200)
+    lab = np.asarray(fc.get_masks(pos, mask, 0.4)).astype(np.int32)
+    if len(shape) == 2 or kw.get("flow_qc_3d"):
+        lab = np.asarray(fc.remove_bad_flow_masks(lab, dP, 0.4)).astype(np.int32)
+    want = fc.fill_holes_and_remove_small_masks(lab, kw.get("min_size", 15))
+    got = fc.compute_masks(dP, prob, **kw)
+    assert want.max() > 3
+    np.testing.assert_array_equal(np.asarray(got).astype(np.int64), np.asarray(want).astype(np.int64))
