@@ -13,7 +13,7 @@ from typing import Any, Tuple
 import numpy as np
 
 __all__ = ["check_labels", "labels_dtype", "as_labels", "relabel_sequential", "IoUPairs", "iou_pairs",
-           "median_diameter"]
+           "median_diameter", "majority_class"]
 
 
 def check_labels(labels: Any, name: str) -> np.ndarray:
@@ -117,3 +117,26 @@ def median_diameter(masks: np.ndarray) -> float:
     if counts.size == 0:
         return 0.0
     return float(np.median(np.sqrt(counts / np.pi) * 2))
+
+
+def majority_class(masks: Any, classes: Any, n_classes: int) -> np.ndarray:
+    """The class with the most pixels inside each mask: ``out[i]`` for mask ``i`` (``out[0] = 0``, background).
+
+    ``masks``: a label image; ``classes``: a per-pixel class image of the same shape with values in
+    ``0..n_classes - 1`` (0 = background).  Ties go to the lowest class id.  Returns int64
+    ``[masks.max() + 1]``.  ValueError for mismatched shapes or classes out of range."""
+    m = check_labels(masks, "masks")
+    c = np.asarray(classes)
+    if c.shape != m.shape:
+        raise ValueError(f"class image and masks differ in shape: {c.shape} vs {m.shape}")
+    if c.dtype.kind not in "iu":
+        raise ValueError(f"the class image must hold integer class ids, got dtype {c.dtype}")
+    k = int(n_classes)
+    if c.size and (c.min() < 0 or c.max() >= k):
+        raise ValueError(f"class ids must be in 0..{k - 1}, got {int(c.min())}..{int(c.max())}")
+    n = int(m.max()) + 1 if m.size else 1
+    counts = np.bincount(m.ravel().astype(np.int64) * k + c.ravel().astype(np.int64),
+                         minlength=n * k).reshape(n, k)
+    out = counts.argmax(1).astype(np.int64)
+    out[0] = 0
+    return out

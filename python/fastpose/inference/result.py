@@ -22,3 +22,7 @@ class SegmentResult:
     info: Dict[str, Any] = field(default_factory=dict)
     #: other named outputs of a model family (e.g. a restored image), NumPy arrays at the image's size
     outputs: Dict[str, np.ndarray] = field(default_factory=dict)
+    #: panoptic models: the class of each mask, int64 [n_masks + 1] indexed by mask id (``classes[0] = 0``,
+    #: background); class ids index the model's class names (``fastpose.models.class_names(seg.spec)``,
+    #: background first).  None for models without classes.
+    classes: Optional[np.ndarray] = None

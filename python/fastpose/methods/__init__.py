@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 __all__ = ["Family", "register_family", "get_family", "options_for", "FAMILIES", "BUILTIN_FAMILIES"]
 
 #: ``postprocess(maps, *, rescale, options, return_maps) -> dict`` of :class:`~fastpose.inference.SegmentResult`
-#: fields (``masks``, ``flows``, ``cellprob``, ``outputs``).
+#: fields (``masks``, ``flows``, ``cellprob``, ``outputs``, ``classes``).
 PostProcess = Callable[..., Dict[str, Any]]
 
 
@@ -49,7 +49,7 @@ class Family:
 FAMILIES: Dict[str, Family] = {}
 
 #: families shipped with fastpose: name -> module that registers it when first imported
-BUILTIN_FAMILIES: Dict[str, str] = {"cellpose": "fastpose.methods.cellpose"}
+BUILTIN_FAMILIES: Dict[str, str] = {"cellpose": "fastpose.methods.cellpose", "panoptic": "fastpose.methods.panoptic"}
 
 
 def register_family(family: Family) -> Family:

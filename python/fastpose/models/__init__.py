@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from .files import (ARCHITECTURES, BUILTIN_MODELS, FORMAT, FORMAT_VERSION, Architecture, build_model, load_model,
                     model_from_state_dict, register_architecture, resolve_model_path, save_model, spec_of)
-from .spec import DEFAULT_NORMALIZE, ModelSpec
+from .heads import add_class_heads
+from .spec import DEFAULT_NORMALIZE, ModelSpec, class_names, panoptic_spec
 from .unet import DEFAULT_NBASE, UNet, style_vector
 from .vit import VIT_PRESETS, ViT, to_three_channels
 
@@ -20,5 +21,5 @@ __all__ = [
     "ViT", "VIT_PRESETS", "to_three_channels",
     "BUILTIN_MODELS", "DEFAULT_NORMALIZE", "FORMAT", "FORMAT_VERSION",
     "build_model", "load_model", "save_model", "model_from_state_dict", "resolve_model_path",
-    "ModelSpec", "spec_of", "ARCHITECTURES", "Architecture", "register_architecture",
+    "ModelSpec", "spec_of", "add_class_heads", "class_names", "panoptic_spec", "ARCHITECTURES", "Architecture", "register_architecture",
 ]

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .spec import DEFAULT_NORMALIZE, ModelSpec
+from .spec import DEFAULT_NORMALIZE, ModelSpec, class_names, panoptic_spec
 from .unet import UNet
 from .vit import VIT_PRESETS, ViT
 
@@ -149,10 +149,17 @@ def _first_conv_channels(net: nn.Module) -> int:
 
 def spec_of(net: nn.Module, meta: Optional[Mapping[str, Any]] = None) -> ModelSpec:
     """The :class:`ModelSpec` of a network: the one its file stored (``meta["spec"]``), else one inferred from
-    its architecture (Cellpose family), channel count, ``diam_mean`` and ``normalize``."""
+    its architecture (Cellpose family), channel count, ``diam_mean`` and ``normalize``; a network with class heads
+    (``net.class_names``, :func:`fastpose.models.heads.add_class_heads`) gets a panoptic spec."""
     meta = dict(meta or {})
     if meta.get("spec"):
         return ModelSpec.from_dict(meta["spec"])
+    names = getattr(net, "class_names", None)
+    spec = _inferred_spec(net, meta)
+    return panoptic_spec(spec, names) if names else spec
+
+
+def _inferred_spec(net: nn.Module, meta: Mapping[str, Any]) -> ModelSpec:
     arch = dict(meta.get("arch") or (net.arch() if callable(getattr(net, "arch", None)) else {}) or {})
     kind = arch.get("type", "unet")
     entry = ARCHITECTURES.get(kind)
@@ -228,7 +235,7 @@ def save_model(path: PathLike, model: nn.Module, meta: Optional[Mapping[str, Any
     ``os.replace``, so readers never see a partial file.  Returns the path.
     """
     meta = dict(meta or {})
-    unknown = set(meta) - {"diam_mean", "diam_labels", "normalize", "size_model", "arch", "spec", "extra"}
+    unknown = set(meta) - {"diam_mean", "diam_labels", "normalize", "size_model", "arch", "spec", "extra", "classes"}
     if unknown:
         raise ValueError(f"unknown meta keys {sorted(unknown)}; put free-form data under meta['extra']")
     sd = model.state_dict()
@@ -249,6 +256,8 @@ def save_model(path: PathLike, model: nn.Module, meta: Optional[Mapping[str, Any
         diam_mean=diam_mean, normalize=dict(payload["normalize"]),
         nchan=int(getattr(model, "nchan", None) or _first_conv_channels(model)))
     payload["spec"] = spec.to_dict()
+    if class_names(spec):  # panoptic models: the class names (background first), also in the spec's outputs
+        payload["classes"] = list(class_names(spec))
     if meta.get("extra") is not None:
         payload["extra"] = _plain(meta["extra"], "extra")
     # keep the stored parameters consistent with the metadata
@@ -498,6 +507,10 @@ def _model_from_object(obj: Any, path: Path) -> Tuple[nn.Module, Dict[str, Any]]
     if isinstance(obj, Mapping) and obj.get("spec"):
         meta["spec"] = dict(obj["spec"])
     meta["spec"] = spec_of(model, meta).to_dict()
+    names = class_names(ModelSpec.from_dict(meta["spec"]))
+    if names:  # a panoptic model: its class maps and names travel with the network
+        model.class_names = names
+        meta["classes"] = list(names)
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ValueError(f"its weights contain NaN or Inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")

@@ -18,13 +18,18 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .. import checks
 
-__all__ = ["ModelSpec", "DEFAULT_NORMALIZE", "CELLPOSE_OUTPUTS"]
+__all__ = ["ModelSpec", "DEFAULT_NORMALIZE", "CELLPOSE_OUTPUTS", "CLASS_PREFIX", "check_class_names", "class_names",
+           "panoptic_spec"]
 
 #: Cellpose's input normalisation: per channel, the 1st percentile -> 0 and the 99th -> 1.
 DEFAULT_NORMALIZE: Dict[str, Any] = {"lower": 1.0, "upper": 99.0, "invert": False}
 
 #: Output maps of a Cellpose network: the two flow components (5x unit vectors) and the cell-probability logit.
 CELLPOSE_OUTPUTS: Tuple[str, ...] = ("flow_y", "flow_x", "cellprob")
+
+#: Output maps named ``"class:<name>"`` are semantic class maps (panoptic models: background first, then the K
+#: classes, after the three Cellpose maps; see :func:`panoptic_spec`).
+CLASS_PREFIX = "class:"
 
 
 @dataclass(frozen=True)
@@ -152,3 +157,40 @@ class ModelSpec:
     def with_(self, **changes: Any) -> "ModelSpec":
         """A copy with some fields changed."""
         return replace(self, **changes)
+
+
+# ---- panoptic models: K + 1 class maps after the Cellpose maps ---------------------------------------
+
+def check_class_names(names: Any) -> Tuple[str, ...]:
+    """Class names checked: a non-empty sequence of distinct, non-empty strings without ``","`` or newlines
+    (they become CSV values and ROI names).  Returns them with ``"background"`` first (prepended when absent);
+    ValueError saying what was given otherwise."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"class names must be a list of names (e.g. ['epithelial', 'lymphocyte']), got {names!r}")
+    out = [n for n in names]
+    bad = [n for n in out if not isinstance(n, str) or not n.strip() or any(c in n for c in ",\n\r\t")]
+    if bad:
+        raise ValueError(f"class names must be non-empty strings without commas, tabs or newlines, got {bad!r}")
+    out = [n.strip() for n in out]
+    if not out or out[0] != "background":
+        out = ["background"] + out
+    if len(out) < 2:
+        raise ValueError("a panoptic model needs at least one class besides background, got none")
+    dup = sorted({n for n in out if out.count(n) > 1})
+    if dup:
+        raise ValueError(f"class names must be distinct ('background' is class 0), got duplicates {dup}")
+    return tuple(out)
+
+
+def class_names(spec: ModelSpec) -> Tuple[str, ...]:
+    """The class names of a spec's class maps, background first (``()`` for a model without classes)."""
+    return tuple(o[len(CLASS_PREFIX):] for o in spec.outputs if o.startswith(CLASS_PREFIX))
+
+
+def panoptic_spec(spec: ModelSpec, names: Any, rescale_by_diameter: bool = False) -> ModelSpec:
+    """``spec`` as a panoptic model's: family ``"panoptic"``, outputs = the three Cellpose maps then one
+    ``"class:<name>"`` map per class (background first, see :func:`check_class_names`).  Panoptic models are
+    trained without diameter rescaling (Cellpose-SAM's recipe), so by default they run without it too."""
+    names = check_class_names(names)
+    return spec.with_(family="panoptic", outputs=tuple(CELLPOSE_OUTPUTS) + tuple(CLASS_PREFIX + n for n in names),
+                      flow_channels=(0, 1), rescale_by_diameter=bool(rescale_by_diameter))

@@ -1,0 +1,168 @@
+"""Panoptic segmentation (issue 14): class heads on the U-Net and the ViT, the panoptic family's class per mask,
+the model file's class names, and the generic data path (tiles, TTA, 3D) over the extra maps."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import fastpose.core as fc
+from fastpose.inference import Segmenter, segment
+from fastpose.labels import majority_class
+from fastpose.methods.panoptic import assign_classes
+from fastpose.models import ModelSpec, UNet, ViT, add_class_heads, class_names, load_model, panoptic_spec, save_model
+from fastpose.models import spec_of
+from fastpose.synthetic import random_labels
+
+NAMES = ["round", "long"]
+
+
+def _tiny_unet(nchan=2):
+    torch.manual_seed(0)
+    return UNet(nbase=(nchan, 8, 16, 32), diam_mean=30.0).eval()
+
+
+def _tiny_vit():
+    torch.manual_seed(0)
+    return ViT(img_size=64, patch_size=8, in_chans=3, embed_dim=32, depth=1, num_heads=2, out_chans=16).eval()
+
+
+# ---- step 1: heads, spec, file ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [_tiny_unet, _tiny_vit])
+def test_class_heads_keep_the_cellpose_maps_and_start_from_cellprob(make):
+    net = make()
+    ref = copy.deepcopy(net)
+    add_class_heads(net, NAMES)
+    x = torch.randn(2, net.nchan, 64, 64)
+    with torch.no_grad():
+        y0, s0 = ref(x)
+        y1, s1 = net(x)
+    assert y1.shape[1] == 3 + len(NAMES) + 1 and net.nout == 6
+    torch.testing.assert_close(y1[:, :3], y0, rtol=0, atol=0)
+    torch.testing.assert_close(s1, s0, rtol=0, atol=0)
+    torch.testing.assert_close(y1[:, 3], -0.5 * y0[:, 2], rtol=1e-5, atol=1e-6)
+    for k in (4, 5):
+        torch.testing.assert_close(y1[:, k], 0.5 * y0[:, 2], rtol=1e-5, atol=1e-6)
+    spec = spec_of(net)
+    assert spec.family == "panoptic" and class_names(spec) == ("background", *NAMES)
+    assert spec.n_outputs == 6 and spec.flow_channels == (0, 1) and not spec.rescale_by_diameter
+
+
+def test_class_heads_refuse_bad_input():
+    with pytest.raises(ValueError, match="distinct"):
+        add_class_heads(_tiny_unet(), ["a", "a"])
+    with pytest.raises(ValueError, match="at least one class"):
+        add_class_heads(_tiny_unet(), ["background"])
+    with pytest.raises(ValueError, match="commas"):
+        add_class_heads(_tiny_unet(), ["a,b"])
+    net = add_class_heads(_tiny_unet(), NAMES)
+    with pytest.raises(ValueError, match="3 output maps"):
+        add_class_heads(net, NAMES)
+    with pytest.raises(ValueError, match="UNet or ViT"):
+        add_class_heads(torch.nn.Conv2d(1, 3, 1), NAMES)
+
+
+@pytest.mark.parametrize("make", [_tiny_unet, _tiny_vit])
+def test_model_file_stores_the_class_names(tmp_path, make):
+    net = add_class_heads(make(), NAMES)
+    p = save_model(tmp_path / "p.pth", net)
+    raw = torch.load(p, weights_only=True)
+    assert raw["classes"] == ["background", *NAMES] and raw["spec"]["family"] == "panoptic"
+    back, meta = load_model(p)
+    assert meta["classes"] == ["background", *NAMES] and back.class_names == ("background", *NAMES)
+    x = torch.randn(1, net.nchan, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x)[0], net(x)[0])
+    # re-saving the loaded network (e.g. after fine-tuning) keeps it panoptic
+    p2 = save_model(tmp_path / "p2.pth", back, {"diam_mean": 30.0})
+    assert load_model(p2)[1]["spec"] == meta["spec"]
+
+
+# ---- step 2: a class per mask -------------------------------------------------------------------------
+
+def test_majority_class_and_background_masks_removed():
+    masks = np.zeros((6, 6), np.int32)
+    masks[0:2, 0:3] = 1   # 4 px class 2, 2 px class 1 -> 2
+    masks[3:6, 0:2] = 2   # background majority -> removed
+    masks[3:6, 4:6] = 3   # class 1
+    cls = np.zeros((6, 6), np.int64)
+    cls[0:2, 0:2] = 2
+    cls[0:2, 2] = 1
+    cls[3, 0:2] = 1
+    cls[3:6, 4:6] = 1
+    assert majority_class(masks, cls, 3).tolist() == [0, 2, 0, 1]
+    m, c = assign_classes(masks, cls, 3)
+    assert m.max() == 2 and c.tolist() == [0, 2, 1]
+    assert (m[3:6, 0:2] == 0).all() and (m[3:6, 4:6] == 2).all() and (m[0:2, 0:3] == 1).all()
+    with pytest.raises(ValueError, match="class ids"):
+        majority_class(masks, cls + 5, 3)
+    with pytest.raises(ValueError, match="shape"):
+        majority_class(masks, cls[:3], 3)
+
+
+class PanopticOracle(torch.nn.Module):
+    """'Network' returning its input: the image is the maps [dY, dX, cellprob, background, class 1, class 2]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        spec = panoptic_spec(ModelSpec(nchan=6, tile=64, pad_multiple=16, diam_mean=30.0), NAMES)
+        self.fastpose_meta = {"spec": spec.to_dict()}
+
+    def forward(self, x):
+        return x * self.w, torch.ones((x.shape[0], 4), device=x.device)
+
+
+def _oracle_maps(labels, mask_class, background=()):
+    dP = 5.0 * fc.masks_to_flows(labels)
+    prob = np.where(labels > 0, 6.0, -6.0).astype(np.float32)
+    pix = mask_class[labels]
+    for b in background:  # masks whose pixels say background
+        pix[labels == b] = 0
+    cmaps = np.stack([(pix == k).astype(np.float32) * 4.0 for k in range(3)])
+    return np.concatenate([dP, prob[None], cmaps]).astype(np.float32)
+
+
+def test_segment_gives_each_mask_its_class_and_drops_background_ones():
+    labels = random_labels((128, 128), 12, diameter=20, seed=3)
+    n = int(labels.max())
+    mask_class = np.zeros(n + 1, np.int64)
+    mask_class[1:] = 1 + np.arange(n) % 2
+    img = _oracle_maps(labels, mask_class, background=(1,))
+    res = segment(img, PanopticOracle(), device="cpu", channel_axis=0, normalize=False, return_flows=True,
+                  min_size=0)
+    assert res.classes is not None and res.classes.shape == (int(res.masks.max()) + 1,)
+    assert res.outputs["class_maps"].shape == (3, 128, 128)
+    assert int(res.masks.max()) == n - 1  # mask 1 removed
+    assert not (res.masks[labels == 1] > 0).any()
+    for i in range(1, int(res.masks.max()) + 1):
+        true = np.bincount(labels[res.masks == i]).argmax()
+        assert res.classes[i] == mask_class[true]
+
+
+# ---- the generic data path carries the class maps ------------------------------------------------------
+
+def test_tiles_tta_and_3d_are_generic_over_the_class_maps():
+    plain = _tiny_unet(nchan=1)
+    net = add_class_heads(copy.deepcopy(plain), NAMES)
+    seg0 = Segmenter(plain, device="cpu", backend="torch")
+    seg1 = Segmenter(net, device="cpu", backend="torch")
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 300, 260), dtype=np.float32)   # two tiles each way
+    for augment in (False, True):
+        y0, _ = seg0.maps(x, 1.0, augment)
+        y1, _ = seg1.maps(x, 1.0, augment)
+        assert y1.shape == (6, 300, 260)
+        torch.testing.assert_close(y1[:3], y0, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y1[3], -0.5 * y0[2], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(y1[5], 0.5 * y0[2], rtol=1e-4, atol=1e-5)
+    vol = rng.random((8, 48, 48), dtype=np.float32)
+    res = segment(vol, seg1, z_axis=0, do_3D=True, return_flows=True)
+    cm = res.outputs["class_maps"]
+    assert cm.shape == (3, 8, 48, 48) and res.flows.shape[0] == 3 and res.classes is not None
+    np.testing.assert_allclose(cm[0], -0.5 * res.cellprob, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cm[2], 0.5 * res.cellprob, rtol=1e-4, atol=1e-5)
