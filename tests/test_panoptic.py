@@ -166,3 +166,43 @@ def test_tiles_tta_and_3d_are_generic_over_the_class_maps():
     assert cm.shape == (3, 8, 48, 48) and res.flows.shape[0] == 3 and res.classes is not None
     np.testing.assert_allclose(cm[0], -0.5 * res.cellprob, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(cm[2], 0.5 * res.cellprob, rtol=1e-4, atol=1e-5)
+
+
+# ---- step 3: per-class metrics ------------------------------------------------------------------------
+
+def test_panoptic_scores_on_a_hand_made_case():
+    from fastpose.metrics import class_accuracy, panoptic_scores
+
+    true = np.zeros((10, 10), np.int32)
+    true[0:3, 0:3] = 1   # class 1
+    true[0:3, 5:8] = 2   # class 1
+    true[6:9, 0:3] = 3   # class 2
+    tcls = np.array([0, 1, 1, 2])
+    pred = np.zeros_like(true)
+    pred[0:3, 0:3] = 1   # matches true 1, right class
+    pred[0:3, 5:8] = 2   # matches true 2, wrong class (2)
+    pred[6:9, 0:3] = 3   # matches true 3, right class
+    pred[6:9, 6:9] = 4   # a false positive of class 3 (absent from the truth: not scored)
+    pcls = np.array([0, 1, 2, 2, 3])
+    r = panoptic_scores(true, tcls, pred, pcls, thresholds=[0.5])
+    assert r["classes"] == [1, 2, 3]
+    # class 1: TP 1, FN 1, FP 0 -> AP 1/2, error (1+0)/2, F1 2/3
+    # class 2: TP 1, FP 1 (pred 2), FN 0 -> AP 1/2, error 1/1, F1 2/3
+    # class 3: no true masks -> NaN, left out of the image's average
+    np.testing.assert_allclose(r["ap"][0, :, 0], [0.5, 0.5, np.nan])
+    np.testing.assert_allclose(r["error_rate"][0, :, 0], [0.5, 1.0, np.nan])
+    np.testing.assert_allclose(r["f1"][0, :, 0], [2 / 3, 2 / 3, np.nan])
+    assert r["ap_mean"] == [0.5] and r["error_rate_mean"] == [0.75]
+    np.testing.assert_allclose(r["f1_image"][0], [2 / 3])
+    # two images: the per-image averages, then their mean
+    r2 = panoptic_scores([true, true], [tcls, tcls], [pred, true], [pcls, tcls], thresholds=[0.5, 0.9])
+    assert r2["ap_mean"] == [0.75, 0.75] and r2["ap_image"].shape == (2, 2)
+    acc = class_accuracy(true, tcls, pred, pcls)
+    assert acc["n_matched"] == 3 and acc["accuracy"] == pytest.approx(2 / 3)
+    assert acc["confusion"] == {(1, 1): 1, (1, 2): 1, (2, 2): 1}
+    with pytest.raises(ValueError, match="need masks.max"):
+        panoptic_scores(true, tcls[:2], pred, pcls)
+    with pytest.raises(ValueError, match="class id >= 1"):
+        panoptic_scores(true, np.array([0, 1, 0, 2]), pred, pcls)
+    with pytest.raises(ValueError, match="one class array per label image"):
+        panoptic_scores([true, true], [tcls], [pred, pred], [pcls, pcls])

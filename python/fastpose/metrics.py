@@ -6,6 +6,9 @@
 * ``mean_ap``: mean of AP over IoU 0.50:0.05:0.95
 * ``aggregated_jaccard_index`` (AJI), ``seg_score`` (Cell Tracking Challenge SEG)
 * ``evaluate``: all of them for a dataset, both as per-image means and pooled over images
+* ``panoptic_scores``: AP, error rate and F1 per image and per class, averaged over the classes present in
+  each image (Cellpose-SAM's rule for semantic segmentation); ``class_accuracy``: the fraction of matched
+  masks given the right class
 
 Overlaps are counted sparsely (only pairs of masks that touch, :func:`fastpose.labels.iou_pairs`), so images
 with thousands of masks are fast.
@@ -13,6 +16,7 @@ with thousands of masks are fast.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
@@ -212,3 +216,115 @@ def evaluate(true: Labels, pred: Labels, thresholds: Sequence[float] = DEFAULT_T
     out["seg_mean"] = float(np.nanmean(segs)) if not all(np.isnan(segs)) else float("nan")
     out["n_images"] = len(tl)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# panoptic (semantic class per mask)
+# --------------------------------------------------------------------------------------------------
+
+def _mask_classes(classes: Any, labels: np.ndarray, name: str) -> np.ndarray:
+    """Per-mask class ids of ``labels`` as int64 ``[labels.max() + 1]``: ``classes[i]`` is the class of mask
+    ``i`` (index 0 unused); ValueError when it is too short, not integers or negative."""
+    try:
+        c = np.asarray(classes)
+    except Exception as e:  # noqa: BLE001 - ragged input: a user error
+        raise ValueError(f"{name} could not be read as per-mask class ids: {e}") from None
+    n = int(labels.max()) if labels.size else 0
+    if c.ndim != 1 or c.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be a 1D integer array of per-mask class ids (index = mask id), got "
+                         f"{c.dtype} of shape {c.shape}")
+    if c.size < n + 1:
+        raise ValueError(f"{name} has {c.size} entries but the masks go up to {n} (need masks.max() + 1)")
+    if n and c[1:n + 1].min() < 1:
+        bad = int(np.nonzero(c[1:n + 1] < 1)[0][0]) + 1
+        raise ValueError(f"{name}[{bad}] = {int(c[bad])}: every mask needs a class id >= 1 (0 is background)")
+    return c.astype(np.int64)
+
+
+def _of_class(labels: np.ndarray, cls: np.ndarray, c: int) -> np.ndarray:
+    keep = cls == c
+    keep[0] = False
+    return np.where(keep[labels], labels, 0)
+
+
+def panoptic_scores(true: Labels, true_classes: Any, pred: Labels, pred_classes: Any,
+                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> Dict[str, Any]:
+    """AP, error rate and F1 per image and per class, and per image averaged over the classes present in it.
+
+    ``true``/``pred``: label images (or lists); ``true_classes``/``pred_classes``: per image, the class id of
+    each mask indexed by mask id (``classes[i]`` for mask ``i``, index 0 unused, ids >= 1; a
+    :class:`~fastpose.inference.SegmentResult`'s ``classes``; per-pixel class images convert with
+    :func:`fastpose.labels.majority_class`).  For each class, the true and predicted masks of that class are
+    matched as in :func:`average_precision` (AP = TP / (TP + FP + FN), error rate = (FN + FP) / (TP + FN),
+    F1 = 2 TP / (2 TP + FP + FN)).  A class with no true mask in an image is left out of that image's average
+    (NaN in the per-class arrays), as in Cellpose-SAM; an image without true masks has NaN averages.
+
+    Returns ``classes`` (the class ids scored), ``thresholds``, per image/class/threshold ``ap``,
+    ``error_rate``, ``f1`` ([n_images, n_classes, n_thresholds], NaN where the class is absent), per image
+    ``ap_image``, ``error_rate_image``, ``f1_image`` ([n_images, n_thresholds]) and their means over images
+    ``ap_mean``, ``error_rate_mean``, ``f1_mean`` (lists), and ``ap_class_mean`` [n_classes, n_thresholds]
+    (each class over the images holding it).
+    """
+    th = _thresholds(thresholds)
+    tl, pl = _as_list(true, "true"), _as_list(pred, "pred")
+    tcl = [true_classes] if len(tl) == 1 and np.ndim(true_classes) == 1 else list(true_classes)
+    pcl = [pred_classes] if len(pl) == 1 and np.ndim(pred_classes) == 1 else list(pred_classes)
+    if not len(tl) == len(pl) == len(tcl) == len(pcl):
+        raise ValueError(f"{len(tl)} true and {len(pl)} predicted label images with {len(tcl)} and {len(pcl)} "
+                         "class arrays: give one class array per label image")
+    tl = [check_labels(t, "true") for t in tl]
+    pl = [check_labels(p, "pred") for p in pl]
+    tcl = [_mask_classes(c, t, f"true_classes[{i}]") for i, (c, t) in enumerate(zip(tcl, tl))]
+    pcl = [_mask_classes(c, p, f"pred_classes[{i}]") for i, (c, p) in enumerate(zip(pcl, pl))]
+    ids = sorted({int(v) for c, t in zip(tcl, tl) for v in c[1:int(t.max()) + 1]} |
+                 {int(v) for c, p in zip(pcl, pl) for v in c[1:int(p.max()) + 1]})
+    shape = (len(tl), len(ids), len(th))
+    ap, er, f1 = (np.full(shape, np.nan) for _ in range(3))
+    for i, (t, tc, p, pc) in enumerate(zip(tl, tcl, pl, pcl)):
+        for j, c in enumerate(ids):
+            tc_img = _of_class(t, tc, c)
+            if not tc_img.any():
+                continue  # class absent from this image's ground truth: not scored
+            a, tp, fp, fn = (v[0] for v in average_precision(tc_img, _of_class(p, pc, c), th))
+            ap[i, j] = a
+            er[i, j] = (fn + fp) / (tp + fn)
+            f1[i, j] = 2 * tp / (2 * tp + fp + fn)
+    out: Dict[str, Any] = {"classes": ids, "thresholds": list(th), "ap": ap, "error_rate": er, "f1": f1}
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: NaN, as documented
+        for k, v in (("ap", ap), ("error_rate", er), ("f1", f1)):
+            img = np.nanmean(v, axis=1) if ids else np.full((len(tl), len(th)), np.nan)
+            out[f"{k}_image"] = img
+            out[f"{k}_mean"] = np.nanmean(img, axis=0).tolist()
+        out["ap_class_mean"] = np.nanmean(ap, axis=0) if len(tl) else np.zeros((len(ids), len(th)))
+    return out
+
+
+def class_accuracy(true: Labels, true_classes: Any, pred: Labels, pred_classes: Any,
+                   iou_threshold: float = 0.5) -> Dict[str, Any]:
+    """Classification accuracy of matched masks: predicted and true masks paired one-to-one at IoU above
+    ``iou_threshold`` (>= 0.5, where the pairs are unique), ignoring classes; ``accuracy`` is the fraction of
+    pairs whose classes agree (NaN without pairs), ``n_matched`` the number of pairs, and ``confusion``
+    ``{(true class, predicted class): count}``.  Class arrays as in :func:`panoptic_scores`."""
+    thr = checks.probability(iou_threshold, "iou_threshold")
+    if thr < 0.5:
+        raise ValueError(f"iou_threshold must be >= 0.5 (unique matches), got {thr}")
+    tl, pl = _as_list(true, "true"), _as_list(pred, "pred")
+    tcl = [true_classes] if len(tl) == 1 and np.ndim(true_classes) == 1 else list(true_classes)
+    pcl = [pred_classes] if len(pl) == 1 and np.ndim(pred_classes) == 1 else list(pred_classes)
+    if not len(tl) == len(pl) == len(tcl) == len(pcl):
+        raise ValueError("give one class array per label image")
+    right = total = 0
+    confusion: Dict[Tuple[int, int], int] = {}
+    for i, (t, tc, p, pc) in enumerate(zip(tl, tcl, pl, pcl)):
+        t, p = check_labels(t, "true"), check_labels(p, "pred")
+        tc = _mask_classes(tc, t, f"true_classes[{i}]")
+        pc = _mask_classes(pc, p, f"pred_classes[{i}]")
+        pairs = iou_pairs(t, p)
+        ok = pairs.iou > thr if thr == 0.5 else pairs.iou >= thr
+        a, b = tc[pairs.a[ok]], pc[pairs.b[ok]]
+        right += int((a == b).sum())
+        total += int(ok.sum())
+        for key in zip(a.tolist(), b.tolist()):
+            confusion[key] = confusion.get(key, 0) + 1
+    return {"accuracy": right / total if total else float("nan"), "n_matched": total, "confusion": confusion}
