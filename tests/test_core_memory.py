@@ -99,10 +99,11 @@ def test_compute_masks_2d_peak_within_the_budget_constant():
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
 def test_compute_masks_3d_peak():
-    """144^3 voxels, all foreground: the tracking peak (mask 1 + positions 12 + flow table 16) bounds it."""
+    """144^3 voxels, all foreground: the tracking peak (mask 1 + positions 12 + flow table 16 on (Z+1)(Y+1)(X+1)
+    entries; measured 29.6 B/voxel) bounds it; the 3D flow QC (no whole-image flows) and clustering stay below."""
     r = _growth("masks3d", 144)
     assert r["count"] > 500, r
-    assert r["growth"] < 30, r
+    assert r["growth"] < 32, r
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
