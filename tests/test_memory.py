@@ -194,7 +194,7 @@ def test_lazy_image_blocks_equal_prepared_image():
 
 
 _PEAK = r"""
-import json, resource, sys
+import json, os, resource, sys
 import numpy as np, torch
 from fastpose.inference import Segmenter
 
@@ -210,25 +210,46 @@ class Cheap(torch.nn.Module):
     def forward(self, x):
         return self.conv(x)
 
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+def reset_peak():  # VmHWM back to the current size; ru_maxrss cannot be (it starts at the spawning process's peak)
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+def peak(reset):
+    if reset:
+        return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 n = int(sys.argv[1])
 img = (np.arange(n, dtype=np.uint16)[:, None] + np.arange(n, dtype=np.uint16)[None, :] % 97).astype(np.uint16)
 seg = Segmenter(Cheap(), device="cpu")
 plan = seg.memory_plan(img.shape)
 seg.max_memory = (plan.whole + plan.bounded) // 2  # selects the bounded path
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+reset = reset_peak()
+base = rss()
+hidden = peak(reset) - base  # > 0 without a reset: an earlier peak hides part of the growth
 x = seg.prepare(img)
 maps, st = seg.maps(x)
-net = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+net = peak(reset)
+reset = reset_peak()
+before = rss()
 res = seg.recover(maps, st, 1.0, 0.0, dict(flow_threshold=0.4, cellprob_threshold=0.0, min_size=15, niter=None),
                   False)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"base": base, "net": net, "peak": peak, "whole": plan.whole, "bounded": plan.bounded,
-                  "lazy": type(x).__name__, "masks": int(res.masks.max())}))
+print(json.dumps({"base": base, "net": net, "hidden": hidden, "before": before, "peak": peak(reset),
+                  "whole": plan.whole, "bounded": plan.bounded, "lazy": type(x).__name__,
+                  "masks": int(res.masks.max())}))
 """
 
 
 def test_peak_memory_of_a_large_image_stays_bounded():
-    """6000 x 6000 uint16 through the bounded path in a fresh process (ru_maxrss): while tiling and running the
+    """6000 x 6000 uint16 through the bounded path in a fresh process (peak RSS: VmHWM after a reset, or ru_maxrss
+    where that cannot be reset and does not start above the resident size): while tiling and running the
     network only the result and a few bands grow the peak (any whole-image float copy would show), and mask
     recovery stays within MASKS_BYTES_PER_PIXEL."""
     n = 6000
@@ -237,9 +258,12 @@ def test_peak_memory_of_a_large_image_stays_bounded():
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["lazy"] == "LazyImage" and r["whole"] > r["bounded"], r  # the bounded path ran
+    if r["hidden"] > 50e6:
+        pytest.skip(f"cannot measure the peak: /proc/self/clear_refs is not writable and ru_maxrss starts "
+                    f"{r['hidden'] / 1e6:.0f} MB above the resident size")
     maps = 3 * 4 * n * n  # the float32 result [3, Y, X], 432 MB
     # tiling + network: the result and a few bands of rows (measured ~110 MB); one whole-image float32 copy of a
     # single channel (144 MB) would break this
     assert r["net"] - r["base"] < maps + 200e6, r
     # mask recovery (the native core's buffers) within its documented per-pixel estimate
-    assert r["peak"] - r["net"] < budget.MASKS_BYTES_PER_PIXEL * n * n, r
+    assert r["peak"] - r["before"] < budget.MASKS_BYTES_PER_PIXEL * n * n, r

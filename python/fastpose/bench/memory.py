@@ -31,8 +31,10 @@ class Cheap(torch.nn.Module):
         super().__init__()
         self.conv = torch.nn.Conv2d(2, 3, 3, padding=1, bias=True)
         w = torch.zeros(3, 2, 3, 3)
-        w[0, 0, 2, 1], w[0, 0, 0, 1] = 40.0, -40.0   # flow_y: d/dy of the intensity
-        w[1, 0, 1, 2], w[1, 0, 1, 0] = 40.0, -40.0   # flow_x
+        # flows from the intensity gradient, scaled so the flow QC keeps the discs (one mask per disc, as a
+        # real network's maps would give: mask recovery's memory is measured with real masks)
+        w[0, 0, 2, 1], w[0, 0, 0, 1] = 18.0, -18.0   # flow_y: d/dy of the intensity
+        w[1, 0, 1, 2], w[1, 0, 1, 0] = 18.0, -18.0   # flow_x
         w[2, 0, 1, 1] = 12.0                       # cellprob: bright = inside
         with torch.no_grad():
             self.conv.weight.copy_(w)
