@@ -8,6 +8,8 @@
   processes/threads ahead of the step, identical either way.
 * :mod:`~fastpose.train.augment` -- random affine warps (flows rotated with the image) and Cellpose-SAM
   photometric augmentations.
+* :func:`train_panoptic` -- fine-tune a segmentation network into a panoptic one (a class per cell;
+  :mod:`fastpose.train.panoptic`).
 * :mod:`~fastpose.train.size_model` -- style -> diameter ridge regression.
 * :mod:`~fastpose.train.recipes` -- the ``nuclei`` / ``cyto`` recipes of the bundled weights and the data
   sources (DSB-style folders, synthetic cells).
@@ -25,11 +27,12 @@ from typing import Any
 _NAMES = {"TrainData": ".data", "from_arrays": ".data", "load_folder": ".data",
           "evaluate_ap": ".evaluate", "evaluate_heldout": ".evaluate",
           "TrainResult": ".loop", "budget_lr": ".loop", "lr_schedule": ".loop", "seg_loss": ".loop", "train": ".loop",
+          "train_panoptic": ".panoptic", "PanopticResult": ".panoptic",
           "fit_size_model": ".size_model", "predict_diameters": ".size_model", "train_size_model": ".size_model"}
 
 __all__ = ["train", "TrainResult", "TrainData", "load_folder", "from_arrays", "lr_schedule", "budget_lr",
            "seg_loss", "evaluate_ap", "evaluate_heldout", "fit_size_model", "predict_diameters",
-           "train_size_model"]
+           "train_size_model", "train_panoptic", "PanopticResult"]
 
 
 def __getattr__(name: str) -> Any:
