@@ -257,3 +257,33 @@ def test_train_panoptic_checks_its_input():
     net = add_class_heads(_tiny_unet(1), ["a"])
     with pytest.raises(ValueError, match="model's classes"):
         train_panoptic(net, [img], [m], [np.array([0, 1])], ["b"], epochs=1)
+
+
+# ---- step 5: files -------------------------------------------------------------------------------------
+
+def test_outputs_carry_the_class_of_each_mask(tmp_path):
+    import csv
+    import zipfile
+
+    from fastpose.outputs import overlay_rgb, write_outputs
+
+    masks = np.zeros((40, 40), np.uint16)
+    masks[5:15, 5:15] = 1
+    masks[20:35, 20:35] = 2
+    classes = np.array([0, 2, 1])
+    names = ("background", "round", "long")
+    img = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    kinds = ["csv", "rois", "seg_npy", "outlines_png"]
+    write_outputs(tmp_path, "a", kinds, img, masks, "a.tif", classes=classes, class_names=names)
+    rows = list(csv.DictReader(open(tmp_path / "a_cells.csv")))
+    assert [(r["label"], r["class"]) for r in rows] == [("1", "long"), ("2", "round")]
+    with zipfile.ZipFile(tmp_path / "a_rois.zip") as z:
+        assert sorted(z.namelist()) == ["00001-long.roi", "00002-round.roi"]
+    d = np.load(tmp_path / "a_seg.npy", allow_pickle=True).item()
+    assert d["classes"].tolist() == [0, 2, 1] and d["class_names"] == list(names)
+    rgb = overlay_rgb(img, masks, classes)
+    assert tuple(rgb[5, 5]) != tuple(rgb[20, 20])
+    # without classes: the files of any model (no class column)
+    write_outputs(tmp_path, "b", kinds, img, masks, "b.tif")
+    assert "class" not in next(csv.DictReader(open(tmp_path / "b_cells.csv")))
+    assert "classes" not in np.load(tmp_path / "b_seg.npy", allow_pickle=True).item()

@@ -386,6 +386,7 @@ def _segment(args: argparse.Namespace, b: _Batch) -> int:
 
     from .inference import Segmenter
     from .io import read_image, remove_temp_files
+    from .models.spec import class_names
     from .outputs import record_status, remove_record, write_outputs, write_record
 
     _check_segment_flags(args)
@@ -455,7 +456,7 @@ def _segment(args: argparse.Namespace, b: _Batch) -> int:
         try:
             remove_record(dest, f.stem)  # incomplete until the new record is written, last
             written = write_outputs(dest, f.stem, kinds, img, res.masks, str(f.path), res.flows,
-                                    res.cellprob, res.diameter)
+                                    res.cellprob, res.diameter, res.classes, class_names(seg.spec))
             write_record(dest, f.stem, kinds, written, f.path)
         except (ValueError, OSError, RuntimeError) as e:
             b.failed.append(str(f.path))

@@ -21,7 +21,7 @@ import logging
 import struct
 import zlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -116,15 +116,16 @@ def write_outlines_txt(path: Path, masks: np.ndarray) -> Path:
     return atomic_write(Path(path), w, text=True)
 
 
-def write_rois_zip(path: Path, masks: np.ndarray) -> Path:
-    """ImageJ ROI set: one polygon ROI per mask, named by label."""
+def write_rois_zip(path: Path, masks: np.ndarray, mask_names: Optional[Sequence[str]] = None) -> Path:
+    """ImageJ ROI set: one polygon ROI per mask, named by label (``00007``), or with its class
+    (``00007-lymphocyte``) when ``mask_names`` gives a class name per mask id (panoptic models)."""
     import roifile
 
     rois = []
     for k, poly in enumerate(outlines_list(masks)):
         if len(poly) >= 1:
             r = roifile.ImagejRoi.frompoints(poly.astype(np.float32))
-            r.name = f"{k + 1:05d}"
+            r.name = f"{k + 1:05d}" + (f"-{mask_names[k + 1]}" if mask_names is not None else "")
             rois.append(r)
 
     def w(f):
@@ -147,20 +148,32 @@ def _png_bytes(rgb: np.ndarray) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
 
 
-def overlay_rgb(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Image (first channel, percentile-scaled to grey) with outlines in red."""
+#: outline colours of classes 1, 2, ... in class-coloured outline PNGs (cycled beyond)
+CLASS_COLOURS = ((255, 40, 40), (40, 200, 255), (255, 220, 0), (80, 255, 80), (255, 80, 255), (255, 140, 0))
+
+
+def overlay_rgb(image: np.ndarray, masks: np.ndarray, classes: Optional[np.ndarray] = None) -> np.ndarray:
+    """Image (first channel, percentile-scaled to grey) with outlines in red, or coloured by class
+    (:data:`CLASS_COLOURS`) when ``classes`` gives a class id per mask id (panoptic models)."""
     img = np.asarray(image, np.float32)
     if img.ndim == 3:
         img = img[..., 0] if img.shape[-1] <= 4 else img[0]
     lo, hi = np.percentile(img, [1, 99]) if img.size else (0, 1)
     g = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = (np.stack([g, g, g], -1) * 255).astype(np.uint8)
-    rgb[outline_mask(masks)] = (255, 40, 40)
+    edge = outline_mask(masks)
+    if classes is None:
+        rgb[edge] = (255, 40, 40)
+    else:
+        palette = np.array([(255, 255, 255)] + [CLASS_COLOURS[i % len(CLASS_COLOURS)]
+                                                for i in range(int(np.max(classes, initial=0)))], np.uint8)
+        rgb[edge] = palette[np.asarray(classes, np.int64)[masks[edge].astype(np.int64)]]
     return rgb
 
 
-def write_outlines_png(path: Path, image: np.ndarray, masks: np.ndarray) -> Path:
-    data = _png_bytes(overlay_rgb(image, masks))
+def write_outlines_png(path: Path, image: np.ndarray, masks: np.ndarray,
+                       classes: Optional[np.ndarray] = None) -> Path:
+    data = _png_bytes(overlay_rgb(image, masks, classes))
     return atomic_write(Path(path), lambda f: f.write(data))
 
 
@@ -202,26 +215,38 @@ def cell_table(masks: np.ndarray, image: Optional[np.ndarray] = None) -> Dict[st
     return cols
 
 
-def write_csv(path: Path, masks: np.ndarray, image: Optional[np.ndarray] = None) -> Path:
-    cols = cell_table(masks, image)
+def write_csv(path: Path, masks: np.ndarray, image: Optional[np.ndarray] = None,
+              mask_names: Optional[Sequence[str]] = None) -> Path:
+    """The per-cell table (:func:`cell_table`); with ``mask_names`` (a class name per mask id, panoptic
+    models) a ``class`` column after ``label``."""
+    cols: Dict[str, Any] = dict(cell_table(masks, image))
+    if mask_names is not None:
+        lab = cols.pop("label")
+        cols = {"label": lab, "class": np.asarray(mask_names, object)[lab], **cols}
     names = list(cols)
 
     def w(f):
         wr = csv.writer(f)
         wr.writerow(names)
         for row in zip(*(cols[k] for k in names)):
-            wr.writerow([f"{v:.4f}" if isinstance(v, (float, np.floating)) else int(v) for v in row])
+            wr.writerow([v if isinstance(v, str) else f"{v:.4f}" if isinstance(v, (float, np.floating))
+                         else int(v) for v in row])
     return atomic_write(Path(path), w, text=True)
 
 
 def write_seg_npy(path: Path, image_path: str, masks: np.ndarray, flows: Optional[np.ndarray] = None,
-                  cellprob: Optional[np.ndarray] = None, diameter: Optional[float] = None) -> Path:
-    """Cellpose GUI ``_seg.npy``: a pickled dict with masks, outlines, flows, filename, diameter."""
+                  cellprob: Optional[np.ndarray] = None, diameter: Optional[float] = None,
+                  classes: Optional[np.ndarray] = None, class_names: Optional[Sequence[str]] = None) -> Path:
+    """Cellpose GUI ``_seg.npy``: a pickled dict with masks, outlines, flows, filename, diameter; panoptic
+    models add ``classes`` (class id per mask id, index 0 unused) and ``class_names`` (background first)."""
     outl = outline_mask(masks) * masks if masks.ndim == 2 else np.stack([outline_mask(p) * p for p in masks])
     d = {"masks": masks, "outlines": outl.astype(masks.dtype), "filename": str(image_path),
          "ismanual": np.zeros(int(masks.max()), bool), "chan_choose": [0, 0],
          "flows": [flows, cellprob] if flows is not None else [],
          "diameter": float(diameter) if diameter else 0.0}
+    if classes is not None:
+        d["classes"] = np.asarray(classes, np.int64)
+        d["class_names"] = list(class_names or [])
     buf = io.BytesIO()
     np.save(buf, np.array(d, dtype=object), allow_pickle=True)
     data = buf.getvalue()
@@ -230,8 +255,13 @@ def write_seg_npy(path: Path, image_path: str, masks: np.ndarray, flows: Optiona
 
 def write_outputs(out_dir: Path, stem: str, kinds: Sequence[str], image: np.ndarray, masks: np.ndarray,
                   image_path: str = "", flows: Optional[np.ndarray] = None, cellprob: Optional[np.ndarray] = None,
-                  diameter: Optional[float] = None) -> List[Path]:
+                  diameter: Optional[float] = None, classes: Optional[np.ndarray] = None,
+                  class_names: Optional[Sequence[str]] = None) -> List[Path]:
     """Write the requested output kinds (see OUTPUT_KINDS) for one image; returns the paths written.
+
+    Panoptic models: ``classes`` (class id per mask id, :attr:`SegmentResult.classes`) and ``class_names``
+    (background first) add the class to the CSV (a ``class`` column), the ROI names, ``_seg.npy`` and colour
+    the outline PNG by class; without them the files are as for any model.
 
     The kinds of :data:`KINDS_2D` are skipped for volumes.  The completion record is not written here:
     call :func:`write_record` once every output is written."""
@@ -243,20 +273,26 @@ def write_outputs(out_dir: Path, stem: str, kinds: Sequence[str], image: np.ndar
 
     def dest(kind: str) -> Path:
         return out_dir / f"{stem}{OUTPUT_FILES[kind]}"
+    names: Optional[List[str]] = None
+    if classes is not None:
+        cn = list(class_names or [])
+        names = [cn[c] if 0 <= c < len(cn) else str(int(c)) for c in np.asarray(classes, np.int64).tolist()]
     if "masks" in kinds:
         written.append(write_tiff_atomic(dest("masks"), masks))
     if masks.ndim == 2:
         if "outlines_png" in kinds:
-            written.append(write_outlines_png(dest("outlines_png"), image, masks))
+            written.append(write_outlines_png(dest("outlines_png"), image, masks, classes))
         if "outlines_txt" in kinds:
             written.append(write_outlines_txt(dest("outlines_txt"), masks))
         if "rois" in kinds:
-            written.append(write_rois_zip(dest("rois"), masks))
+            written.append(write_rois_zip(dest("rois"), masks, names))
     if "seg_npy" in kinds:
-        written.append(write_seg_npy(dest("seg_npy"), image_path, masks, flows, cellprob, diameter))
+        written.append(write_seg_npy(dest("seg_npy"), image_path, masks, flows, cellprob, diameter, classes,
+                                     class_names))
     if "csv" in kinds:
         img = np.asarray(image)
-        written.append(write_csv(dest("csv"), masks, img if img.shape[:masks.ndim] == masks.shape else None))
+        written.append(write_csv(dest("csv"), masks, img if img.shape[:masks.ndim] == masks.shape else None,
+                                 names))
     return written
 
 
