@@ -148,3 +148,22 @@ def test_import_and_help_do_not_load_torch():
             "assert 'torch' not in sys.modules, '--help'\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("argv,flag", [(["segment", "--repeats", "0"], "--repeats"),
+                                       (["segment", "--size", "nan"], "--size"),
+                                       (["segment", "--images", "-1"], "--images"),
+                                       (["core", "--diameter", "inf"], "--diameter"),
+                                       (["net", "--batch-sizes", "8", "0"], "--batch-sizes"),
+                                       (["memory", "--sizes", "0"], "--sizes")])
+def test_bench_flags_are_checked_naming_the_flag(argv, flag, capsys):
+    """A benchmark is user-facing: a value that means nothing is refused at parse time with the flag's name
+    (before this, --repeats 0 died in statistics.median and --images -1 with an IndexError)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
+
+
+def test_bench_input_errors_are_one_sentence(tmp_path: Path, capsys, caplog):
+    rc = main(["segment", "--files", str(tmp_path / "missing.tif"), "--no-cellpose", "--no-torch"])
+    assert rc == 2 and "cannot read" in caplog.text and "missing.tif" in caplog.text

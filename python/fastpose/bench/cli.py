@@ -22,9 +22,15 @@ import json
 import logging
 from typing import Any, Dict, List, Optional
 
+from .. import checks
 from ..io import atomic_write
 
 __all__ = ["main", "build_parser", "print_table"]
+
+
+def _int(lo: int, hi: int) -> Any:
+    """An argparse type: an integer in [lo, hi], refused with the flag's name otherwise (``fastpose.checks``)."""
+    return checks.arg(checks.integer, lo=lo, hi=hi)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,10 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("core", help="time the native core operations (flows, tracking, clustering, QC, clean-up)")
-    c.add_argument("--size", type=int, default=2048, help="image side in pixels (default 2048)")
-    c.add_argument("--cells", type=int, default=4700, help="number of cells (default 4700)")
-    c.add_argument("--diameter", type=float, default=30.0, help="mean cell diameter in pixels (default 30)")
-    c.add_argument("--repeats", type=int, default=3, help="timed runs per operation after a warm-up (default 3)")
+    c.add_argument("--size", type=_int(16, 32768), default=2048, help="image side in pixels (default 2048)")
+    c.add_argument("--cells", type=_int(1, 10_000_000), default=4700, help="number of cells (default 4700)")
+    c.add_argument("--diameter", type=checks.arg(checks.number, lo=2.0, hi=1000.0), default=30.0, help="mean cell diameter in pixels (default 30)")
+    c.add_argument("--repeats", type=_int(1, 1000), default=3, help="timed runs per operation after a warm-up (default 3)")
     c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CPU and, when present, the GPU")
     c.add_argument("--3d", dest="do3d", action="store_true", help="also time a 3D volume (96x256x256)")
@@ -44,12 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     g = sub.add_parser("segment", help="end-to-end segmentation throughput on 1080x1080 two-channel images")
     g.add_argument("--model", default=None, help="model file or name (default: random full-width U-Net)")
-    g.add_argument("--images", type=int, default=4, help="images per timed run (default 4)")
-    g.add_argument("--size", type=int, default=1080, help="image side (default 1080)")
-    g.add_argument("--repeats", type=int, default=2, help="timed runs after a warm-up (default 2)")
+    g.add_argument("--images", type=_int(1, 10_000), default=4, help="images per timed run (default 4)")
+    g.add_argument("--size", type=_int(16, 32768), default=1080, help="image side (default 1080)")
+    g.add_argument("--repeats", type=_int(1, 1000), default=2, help="timed runs after a warm-up (default 2)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--batch-size", type=_int(1, checks.LIMITS["batch_size"]), default=8)
     g.add_argument("--backend", choices=["auto", "torch", "compile", "onnxruntime", "tensorrt"], default="auto",
                    help="network backend (default auto, as fastpose segment: onnxruntime on the CPU, torch on a GPU)")
     g.add_argument("--no-torch", action="store_true",
@@ -67,26 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("net", help="network-step throughput (tiles/s): eager fp32/fp16/bf16, compile + CUDA graphs, "
                                    "onnxruntime, TensorRT")
     n.add_argument("--arch", default="unet", help="unet (224 tiles) or a ViT preset: vit_l, vit_s, vit_t (256 tiles)")
-    n.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32], help="tiles per call (default 8 32)")
+    n.add_argument("--batch-sizes", type=_int(1, checks.LIMITS["batch_size"]), nargs="+", default=[8, 32], help="tiles per call (default 8 32)")
     n.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    n.add_argument("--repeats", type=int, default=20, help="timed calls per variant after warm-up (default 20)")
+    n.add_argument("--repeats", type=_int(1, 10_000), default=20, help="timed calls per variant after warm-up (default 20)")
     n.add_argument("--backends", nargs="+", default=["torch", "compile", "onnxruntime", "tensorrt"],
                    help="which backends to time (default: all; those not installed are skipped with a warning)")
     n.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     s = sub.add_parser("sam", help="Cellpose-SAM-style ViT segmentation of 1200x1200 images, side by side with "
                                    "cellpose 4.x when importable")
     s.add_argument("--arch", default="vit_l", help="ViT preset (default vit_l, Cellpose-SAM's size)")
-    s.add_argument("--images", type=int, default=4, help="images per timed run (default 4)")
-    s.add_argument("--size", type=int, default=1200, help="image side (default 1200)")
-    s.add_argument("--repeats", type=int, default=2, help="timed runs after a warm-up (default 2)")
+    s.add_argument("--images", type=_int(1, 10_000), default=4, help="images per timed run (default 4)")
+    s.add_argument("--size", type=_int(16, 32768), default=1200, help="image side (default 1200)")
+    s.add_argument("--repeats", type=_int(1, 1000), default=2, help="timed runs after a warm-up (default 2)")
     s.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="bf16")
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--batch-size", type=_int(1, checks.LIMITS["batch_size"]), default=8)
     s.add_argument("--backend", choices=["torch", "compile", "onnxruntime", "tensorrt"], default="torch")
     s.add_argument("--no-cellpose", action="store_true", help="skip cellpose 4.x's CellposeModel.eval")
     s.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     m = sub.add_parser("memory", help="peak memory (RSS) of 2D segmentation against image size, one fresh process "
                                       "per size (cheap network of the U-Net's spec unless --model)")
-    m.add_argument("--sizes", type=int, nargs="+", default=[2048, 5000, 10000], help="image sides (default "
+    m.add_argument("--sizes", type=_int(16, 200_000), nargs="+", default=[2048, 5000, 10000], help="image sides (default "
                    "2048 5000 10000)")
     m.add_argument("--model", default="cheap", help="'cheap' (one 3x3 convolution, default) or a model name/file")
     m.add_argument("--max-memory", default="auto", help="memory budget passed to the Segmenter (default: its own)")
@@ -117,9 +123,19 @@ def print_table(res: Dict[str, Any]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run one benchmark (``argv`` or the command line), print its table and write ``--json`` atomically."""
+    """Run one benchmark (``argv`` or the command line), print its table and write ``--json`` atomically.
+
+    Exit status: 0 done, 2 a usage or input error (one sentence on stderr, no traceback)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return _run(args)
+    except (ValueError, OSError, RuntimeError) as e:
+        logging.getLogger("fastpose.bench").error("fastpose-bench %s: %s", args.cmd, e)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     # each benchmark module is imported on use, so --help and `import fastpose.bench` do not load PyTorch
     if args.cmd == "memory":
         from .memory import bench_memory, print_memory_table
