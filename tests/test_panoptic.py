@@ -301,3 +301,92 @@ def test_outputs_carry_the_class_of_each_mask(tmp_path):
     with open(tmp_path / "b_cells.csv") as f:
         assert "class" not in next(csv.DictReader(f))
     assert "classes" not in np.load(tmp_path / "b_seg.npy", allow_pickle=True).item()
+
+
+# ---- step 6: training from folders and the CLI -----------------------------------------------------------
+
+def _classed_folder(d, n=4, json_names=None):
+    import json
+
+    from fastpose.io import write_tiff_atomic as write_tiff
+    from fastpose.synthetic_classes import make_classed_dataset
+
+    d.mkdir()
+    for i, (img, m, c) in enumerate(make_classed_dataset(n, (96, 96), seed=5, classes=["small_bright", "ring"])):
+        write_tiff(d / f"im{i}_img.tif", img)
+        write_tiff(d / f"im{i}_masks.tif", m.astype(np.uint16))
+        write_tiff(d / f"im{i}_classes.tif", c[m].astype(np.uint8))
+    if json_names is not None:
+        (d / "classes.json").write_text(json.dumps(json_names))
+    return d
+
+
+def test_load_class_folder_and_its_errors(tmp_path):
+    from fastpose.io import write_tiff_atomic as write_tiff
+    from fastpose.train.data import (
+        folder_class_names,
+        heldout_by_hash,
+        load_class_folder,
+    )
+
+    d = _classed_folder(tmp_path / "d", json_names=["small_bright", "ring"])
+    items = load_class_folder(d)
+    assert [t.name for t in items] == ["im0", "im1", "im2", "im3"]
+    assert items[0].classes.shape == items[0].masks.shape and set(np.unique(items[0].classes)) <= {0, 1, 2}
+    assert [t.name for t in load_class_folder(d, select=lambda i: heldout_by_hash(i, 3))] == ["im1", "im3"]
+    assert folder_class_names(d) == ["small_bright", "ring"] and folder_class_names(d, ["x"]) == ["x"]
+    (d / "classes.json").write_text('{"names": 3}')
+    with pytest.raises(ValueError, match="JSON list of class names"):
+        folder_class_names(d)
+    write_tiff(d / "im1_classes.tif", np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match=r"im1_classes.tif: class image of shape \(10, 10\)"):
+        load_class_folder(d)
+    (d / "im1_classes.tif").unlink()
+    with pytest.raises(ValueError, match="1 image.* without a class image: im1_classes.tif"):
+        load_class_folder(d)
+
+
+def _seg_model_file(tmp_path):
+    from fastpose.models import save_model
+
+    torch.manual_seed(0)
+    return save_model(tmp_path / "seg.pth", UNet(nbase=(1, 8, 16, 32), diam_mean=30.0))
+
+
+@pytest.mark.parametrize("start", ["scratch", "file"])
+def test_cli_trains_a_panoptic_model_from_a_classed_folder(tmp_path, start):
+    import json
+
+    from fastpose.cli import main
+
+    d = _classed_folder(tmp_path / "d")
+    out = tmp_path / "pan.pth"
+    model = ["--nbase", "1", "8", "16", "32"] if start == "scratch" else ["--model", str(_seg_model_file(tmp_path))]
+    rc = main(["train", "--data", str(d), "--classes", "--class-names", "small_bright,ring", *model, "--epochs", "3",
+               "--tile", "64", "--holdout-every", "3", "--out", str(out), "--device", "cpu", "-q"])
+    assert rc == 0
+    _, meta = load_model(out)
+    assert meta["classes"] == ["background", "small_bright", "ring"] and meta["spec"]["family"] == "panoptic"
+    assert meta["extra"]["training"]["n_train"] == 2  # im0, im2 (im1, im3 held out by hash)
+    scores = json.loads((tmp_path / "pan_panoptic_scores.json").read_text())
+    assert scores["n_images"] == 2 and set(scores["per_class"]) <= {"small_bright", "ring"}
+    assert meta["extra"]["panoptic_validation"]["n_true"] == scores["n_true"] > 0
+    from fastpose.io import read_image
+
+    res = Segmenter(str(out), device="cpu").segment(read_image(d / "im0_img.tif"))
+    assert res.classes is not None and res.classes.shape == (int(res.masks.max()) + 1,)
+
+
+def test_cli_panoptic_flags_are_checked(tmp_path, capsys, caplog):
+    from fastpose.cli import main
+
+    d = _classed_folder(tmp_path / "d", n=2)
+    base = ["train", "--data", str(d), "--classes", "--out", str(tmp_path / "p.pth"), "--device", "cpu", "-q"]
+    with pytest.raises(SystemExit):
+        main([*base, "--class-names", "a,a"])
+    assert "--class-names" in capsys.readouterr().err
+    assert main(base) != 0  # no names, no classes.json
+    assert "no class names: pass --class-names" in caplog.text
+    assert main([*base, "--class-names", "a,b", "--time-budget", "10"]) != 0
+    assert "does not take --time-budget" in caplog.text
+    assert not (tmp_path / "p.pth").exists()

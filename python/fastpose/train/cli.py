@@ -44,6 +44,17 @@ def _holdout(text: str, name: str) -> int:
     return n
 
 
+def _class_names(text: str, name: str) -> List[str]:
+    """Comma-separated class names (ids 1, 2, ... in order), checked as the model file stores them."""
+    from ..models.spec import check_class_names
+
+    items = [t.strip() for t in str(text).split(",")]
+    try:
+        return list(check_class_names(items))[1:]
+    except ValueError as e:
+        raise ValueError(f"{name} {e}".strip()) from None
+
+
 #: argparse types that check the value and name the flag in the message (fastpose.checks)
 _INT0 = checks.arg(checks.integer, lo=0)
 _INT1 = checks.arg(checks.integer, lo=1)
@@ -170,6 +181,26 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     g.add_argument("--sam-augment", action="store_true",
                    help="add Cellpose-SAM augmentations (noise, blur, downsampling, grayscale, inversion, "
                         "channel permutation, brightness/contrast)")
+    g = s.add_argument_group("panoptic (a class per cell; Cellpose-SAM's recipe)")
+    g.add_argument("--classes", action="store_true",
+                   help="train a panoptic model: per-pixel class images (class ids, 0 = background) beside the "
+                        "masks, X_classes.tif (--class-filter) next to X_img.tif / X_masks.tif; each mask takes "
+                        "its majority class. --model scratch adds class maps to a new U-Net; a segmentation model "
+                        "file gets them initialised from its cell-probability map (x -0.5 background, x +0.5 "
+                        "classes); a panoptic model file trains further. AdamW, no diameter rescaling, cross-entropy "
+                        "weighted by inverse class frequencies (default lr: U-Net 5e-3, ViT 5e-5; 100 epochs)")
+    g.add_argument("--class-names", type=checks.arg(_class_names), default=None, metavar="A,B,...",
+                   help="the class names of ids 1, 2, ... (comma-separated; default: classes.json in --data, a "
+                        "JSON list); stored in the model file")
+    g.add_argument("--class-filter", default="_classes",
+                   help="class image file name suffix before .tif (default _classes)")
+    g.add_argument("--synthetic-classes", type=_INT1, default=None, metavar="N",
+                   help="train on N synthetic images of three appearance-defined classes (small_bright, "
+                        "large_textured, ring; fastpose.synthetic_classes, 128x128, seed 0) and hold out 3N/10 "
+                        "more (seed 1) instead of --data; implies --classes")
+    g.add_argument("--scores-out", default=None,
+                   help="with held-out images: write their per-class scores (JSON) here (default: "
+                        "<out without suffix>_panoptic_scores.json)")
     g = s.add_argument_group("speed")
     g.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
                    help="augment batches on N worker processes (or threads, --worker-type) ahead of the step; "
@@ -272,6 +303,8 @@ def run(args: argparse.Namespace) -> int:
     from .loop import train
     from .recipes import load_sources
 
+    if args.classes or args.synthetic_classes:
+        return run_panoptic(args)
     given = dict(vars(args))
     recipe = _resolve(args)
     cmd = command_line("fastpose train", given)
@@ -321,6 +354,103 @@ def run(args: argparse.Namespace) -> int:
              f"{info['final_loss']:.4f}" if info.get("final_loss") is not None else "n/a",
              f", best val AP@0.5 {res.best_ap:.3f} at epoch {res.best_epoch}" if res.best_ap is not None else "",
              f" and {out.with_suffix('.json')}" if card is not None else "", save_dir)
+    return 0
+
+
+#: options of segmentation training that panoptic training does not take, with their unset values
+_NOT_PANOPTIC = {"recipe": None, "time_budget": None, "resume": None, "workers": None, "compile": None,
+                 "sam_augment": False, "card": None, "synthetic_cyto": None, "val_dir": None, "optimizer": None,
+                 "half": None}
+
+
+def _synthetic_classed(n: int) -> Tuple[List[Any], List[Any]]:
+    from ..synthetic_classes import make_classed_dataset
+
+    tr = make_classed_dataset(n, (128, 128), seed=0)
+    te = make_classed_dataset(max(1, 3 * n // 10), (128, 128), seed=1)
+    return tr, te
+
+
+def run_panoptic(args: argparse.Namespace) -> int:
+    """Execute ``fastpose train --classes`` (panoptic training, :func:`fastpose.train.train_panoptic`);
+    returns the exit status.  Held-out images (``--holdout-every`` or ``--synthetic-classes``) are scored per
+    class (:func:`fastpose.train.panoptic.evaluate_panoptic`) and the scores stored in the model file and a
+    JSON beside it."""
+    import json
+
+    import torch
+
+    from ..io import atomic_write
+    from ..models import UNet, load_model, save_model
+    from .data import folder_class_names, heldout_by_hash, load_class_folder
+    from .panoptic import evaluate_panoptic, format_panoptic_table, train_panoptic
+
+    given = dict(vars(args))
+    bad = [f"--{k.replace('_', '-')}" for k, unset in _NOT_PANOPTIC.items() if getattr(args, k, unset) != unset]
+    if bad:
+        raise ValueError(f"panoptic training (--classes) does not take {', '.join(bad)}; it trains for --epochs "
+                         "with AdamW (see --help)")
+    _resolve(args)
+    cmd = command_line("fastpose train", given)
+    if args.synthetic_classes:
+        if args.dir:
+            raise ValueError("--synthetic-classes makes its own data: drop --data/--dir")
+        from ..synthetic_classes import CLASS_NAMES
+
+        names = list(args.class_names or CLASS_NAMES)
+        if names != list(CLASS_NAMES):
+            raise ValueError(f"--synthetic-classes has the classes {','.join(CLASS_NAMES)}, not {','.join(names)}")
+        tr, te = _synthetic_classed(int(args.synthetic_classes))
+        desc = (f"synthetic classed cells, fastpose.synthetic_classes ({len(tr)} train / {len(te)} held-out, "
+                "128x128, seeds 0 / 1)")
+        channel_axis: Any = 0
+    else:
+        if not args.dir:
+            raise ValueError("no training data: pass --data FOLDER (with *_classes.tif class images) or "
+                             "--synthetic-classes N")
+        names = folder_class_names(args.dir, args.class_names)
+        every = int(args.holdout_every or 0)
+        exclude = set(args.exclude or [])
+        kw: Dict[str, Any] = {"img_filter": args.img_filter, "mask_filter": args.mask_filter,
+                              "class_filter": args.class_filter, "limit": args.limit}
+        tr = [t[:3] for t in load_class_folder(args.dir, select=lambda i: i not in exclude and not (
+            every and heldout_by_hash(i, every)), **kw)]
+        te = [t[:3] for t in load_class_folder(args.dir, select=lambda i: i not in exclude and heldout_by_hash(
+            i, every), **kw)] if every else []
+        desc = f"{Path(args.dir).name} ({len(tr)} train / {len(te)} held-out images" + (
+            f"; held out: the ids whose SHA-1 is 0 mod {every})" if every else ")")
+        channel_axis = args.channel_axis
+    if args.model == "scratch":
+        torch.manual_seed(args.seed)
+        model = UNet(nbase=args.nbase, diam_mean=args.diam_mean)
+    else:
+        model, _ = load_model(args.model, device="cpu")
+    if names is None and not getattr(model, "class_names", None):
+        raise ValueError("no class names: pass --class-names a,b,... or put a classes.json (a JSON list) in --data")
+    out = Path(args.out)
+    res = train_panoptic(model, [a for a, _, _ in tr], [b for _, b, _ in tr], [c for *_, c in tr], names,
+                         epochs=args.epochs if args.epochs is not None else 100, batch_size=args.batch_size,
+                         images_per_epoch=args.images_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
+                         warmup_epochs=args.warmup_epochs, tile=args.tile, scale_range=args.scale_range,
+                         channel_axis=channel_axis, seed=args.seed, device=args.device)
+    meta = res.model.fastpose_meta
+    extra: Dict[str, Any] = dict(meta.get("extra") or {})
+    extra.update({"data": desc, "command": cmd, "trainer": f"fastpose train --classes (fastpose {_version()})"})
+    scores = None
+    if te:
+        dev = next(res.model.parameters()).device
+        scores = evaluate_panoptic(res.model, [a for a, _, _ in te], [b for _, b, _ in te], [c for *_, c in te],
+                                   channel_axis=channel_axis, device=dev.type)
+        extra["panoptic_validation"] = scores
+        log.info("held-out scores (%s):\n%s", desc, format_panoptic_table(scores))
+    save_model(out, res.model, {"diam_mean": meta["diam_mean"], "diam_labels": meta["diam_labels"], "extra": extra})
+    if scores is not None:
+        sp = Path(args.scores_out) if args.scores_out else out.with_name(out.stem + "_panoptic_scores.json")
+        doc = {"model": str(out), "data": desc, "command": cmd, "training": extra.get("training"), **scores}
+        atomic_write(sp, lambda f: f.write(json.dumps(doc, indent=1)), text=True)
+        log.info("wrote %s and %s", out, sp)
+    else:
+        log.info("wrote %s (classes %s; no held-out images to score)", out, list(res.class_names[1:]))
     return 0
 
 

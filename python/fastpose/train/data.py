@@ -19,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -27,7 +27,8 @@ from ..labels import median_diameter, relabel_sequential
 from ..transforms import normalize_percentile, to_channels_first
 
 __all__ = ["TrainData", "compute_flow_targets", "renumber", "load_folder", "from_arrays", "as_train_data",
-           "prepare_image", "image_kind", "heldout_by_hash", "folder_ids"]
+           "prepare_image", "image_kind", "heldout_by_hash", "folder_ids", "ClassedImage", "load_class_folder",
+           "folder_class_names"]
 
 log = logging.getLogger("fastpose.train")
 
@@ -284,3 +285,80 @@ def as_train_data(x: Any, nchan: int, **kwargs: Any) -> TrainData:
         return load_folder(x, nchan=nchan, **kwargs)
     pairs = list(x)
     return from_arrays([p[0] for p in pairs], [p[1] for p in pairs], nchan=nchan, **kwargs)
+
+
+# ---- class labels beside the masks (panoptic training) ----------------------------------------------------
+
+class ClassedImage(NamedTuple):
+    """One image of a classed folder, as read (the trainer normalises it and brings it to its channels)."""
+
+    image: np.ndarray    #: the image file's array
+    masks: np.ndarray    #: the label image
+    classes: np.ndarray  #: per-pixel class ids (0 = background), the masks' shape
+    name: str            #: the image id (file stem less ``img_filter``)
+
+
+def folder_class_names(folder: PathLike, given: Optional[Sequence[str]] = None) -> Optional[List[str]]:
+    """The K class names of a classed folder: ``given`` (e.g. ``--class-names a,b``) or else the list in
+    ``classes.json`` in the folder (a JSON list of names, class id 1 first, or ``{"classes": [...]}``);
+    None when neither is there.  ValueError for an unreadable or malformed ``classes.json``."""
+    import json
+
+    if given is not None:
+        return list(given)
+    p = Path(folder) / "classes.json"
+    if not p.is_file():
+        return None
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{p}: cannot read the class names ({e})") from None
+    names = doc.get("classes") if isinstance(doc, dict) else doc
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{p}: expected a JSON list of class names (class id 1 first) or {{\"classes\": [...]}}, "
+                         f"got {str(doc)[:80]!r}")
+    return names
+
+
+def load_class_folder(folder: PathLike, img_filter: str = "_img", mask_filter: str = "_masks",
+                      class_filter: str = "_classes", select: Optional[Callable[[str], bool]] = None,
+                      limit: Optional[int] = None) -> List[ClassedImage]:
+    """Images, masks and per-pixel class images of a folder: ``X{img_filter}.tif`` with ``X{mask_filter}.tif``
+    and ``X{class_filter}.tif`` (class ids, 0 = background; each mask takes its majority class when training).
+
+    The pairs are found as by :func:`folder_ids`; ``select(image_id)`` and ``limit`` as in
+    :func:`load_folder` (e.g. ``select=lambda i: not heldout_by_hash(i, 10)``).  An image without its class
+    file, a class file of another shape than its masks, or one that does not hold integers is a ValueError
+    naming the file (never a guess).  Arrays are returned as read: channel axes are the trainer's
+    ``channel_axis`` (2D files are always (Y, X)).
+    """
+    from ..io import read_image
+
+    root = Path(folder)
+    pairs = [p for p in folder_ids(root, img_filter, mask_filter) if select is None or select(p[2])]
+    if limit is not None:
+        pairs = pairs[:limit]
+    if not pairs:
+        raise ValueError(f"{root}: no images selected")
+    missing = []
+    out: List[ClassedImage] = []
+    for img_p, mask_p, stem in pairs:
+        cls_p = next((root / f"{stem}{class_filter}{ext}" for ext in (".tif", ".tiff")
+                      if (root / f"{stem}{class_filter}{ext}").is_file()), None)
+        if cls_p is None:
+            missing.append(f"{stem}{class_filter}.tif")
+            continue
+        m, c = read_image(mask_p), read_image(cls_p)
+        if c.shape != m.shape:
+            raise ValueError(f"{cls_p.name}: class image of shape {c.shape}, but its masks {mask_p.name} are {m.shape}")
+        if c.dtype.kind not in "iu":
+            if c.dtype.kind == "f" and np.isfinite(c).all() and np.all(c == np.round(c)) and c.min() >= 0:
+                c = c.astype(np.int64)
+            else:
+                raise ValueError(f"{cls_p.name}: class images hold integer class ids (0 = background), got {c.dtype}")
+        out.append(ClassedImage(read_image(img_p), m, c.astype(np.int64, copy=False), stem))
+    if missing:
+        raise ValueError(f"{root}: {len(missing)} image(s) without a class image: {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''} (per-pixel class ids beside *{mask_filter}.tif)")
+    log.info("%s: %d classed images", root, len(out))
+    return out

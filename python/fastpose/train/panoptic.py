@@ -36,7 +36,8 @@ from .augment import augment_sample
 from .data import compute_flow_targets, prepare_image
 from .loop import lr_schedule, make_optimizer, resolve_device, seg_loss
 
-__all__ = ["PanopticResult", "train_panoptic", "class_weights", "panoptic_loss", "mask_class_table"]
+__all__ = ["PanopticResult", "train_panoptic", "class_weights", "panoptic_loss", "mask_class_table",
+           "evaluate_panoptic", "format_panoptic_table"]
 
 log = logging.getLogger("fastpose.train")
 
@@ -219,3 +220,67 @@ def train_panoptic(model: Union[nn.Module, PathLike], images: Sequence[np.ndarra
     model.fastpose_meta = {**meta, "arch": model.arch(), "nchan": nchan, "classes": list(names)}
     path = Path(save_model(save_path, model, meta)) if save_path is not None else None
     return PanopticResult(model=model, class_names=names, history=history, class_weights=w.tolist(), path=path)
+
+
+def evaluate_panoptic(model: nn.Module, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                      classes: Sequence[Any], *, channel_axis: Optional[int] = 0, threshold: float = 0.5,
+                      device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Score a panoptic network on held-out images: per class AP, error rate and F1 at ``threshold``
+    (:func:`fastpose.metrics.panoptic_scores`, each class averaged over the images holding it), the
+    per-image averages' means, and the classification accuracy of the matched masks
+    (:func:`fastpose.metrics.class_accuracy`).  ``classes`` as for :func:`train_panoptic`.
+
+    Panoptic models segment on PyTorch (``backend="auto"`` picks it for them)."""
+    from ..inference import Segmenter
+    from ..metrics import class_accuracy, panoptic_scores
+
+    names = tuple(getattr(model, "class_names", None) or ())
+    if not names:
+        raise ValueError("evaluate_panoptic needs a panoptic network (one with class maps)")
+    seg = Segmenter(model, device=device)
+    true, tcls, pred, pcls = [], [], [], []
+    for i, (img, m, c) in enumerate(zip(images, masks, classes)):
+        lab, table = mask_class_table(m, c, len(names), name=f"held-out classes[{i}]")
+        a = np.asarray(img)
+        r = seg.segment(a, channel_axis=None if a.ndim == 2 else channel_axis)
+        true.append(lab)
+        tcls.append(table)
+        pred.append(r.masks)
+        pcls.append(r.classes if r.classes is not None else np.zeros(int(r.masks.max()) + 1, np.int64))
+    ps = panoptic_scores(true, tcls, pred, pcls, thresholds=[threshold])
+    acc = class_accuracy(true, tcls, pred, pcls)
+    per_class = {}
+    for j, k in enumerate(ps["classes"]):
+        if k >= len(names):
+            continue
+        n_true = int(sum(int((t[1:] == k).sum()) for t in tcls))
+        with np.errstate(all="ignore"):
+            per_class[names[k]] = {
+                "n_true": n_true,
+                "ap": _nanmean(ps["ap"][:, j, 0]), "error_rate": _nanmean(ps["error_rate"][:, j, 0]),
+                "f1": _nanmean(ps["f1"][:, j, 0])}
+    return {"threshold": threshold, "n_images": len(true), "per_class": per_class,
+            "ap_mean": float(ps["ap_mean"][0]), "error_rate_mean": float(ps["error_rate_mean"][0]),
+            "f1_mean": float(ps["f1_mean"][0]), "class_accuracy": float(acc["accuracy"]),
+            "n_matched": int(acc["n_matched"]), "n_true": int(sum(int(t.max()) for t in true)),
+            "confusion": {f"{names[a]}->{names[b]}": int(n) for (a, b), n in sorted(acc["confusion"].items())
+                          if a < len(names) and b < len(names)}}
+
+
+def _nanmean(a: np.ndarray) -> Optional[float]:
+    a = np.asarray(a, np.float64)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else None
+
+
+def format_panoptic_table(scores: Dict[str, Any]) -> str:
+    """A Markdown table of :func:`evaluate_panoptic`'s scores (a row per class, then the image means)."""
+    t = scores["threshold"]
+    f = (lambda v: "n/a" if v is None else f"{v:.3f}")
+    lines = [f"| class | true masks | AP@{t:g} | error rate | F1 |", "|---|---:|---:|---:|---:|"]
+    for name, r in scores["per_class"].items():
+        lines.append(f"| {name} | {r['n_true']} | {f(r['ap'])} | {f(r['error_rate'])} | {f(r['f1'])} |")
+    lines.append(f"| per-image mean ({scores['n_images']} images) | {scores['n_true']} | {f(scores['ap_mean'])} | "
+                 f"{f(scores['error_rate_mean'])} | {f(scores['f1_mean'])} |")
+    lines.append(f"\nclassification accuracy of the matched masks: {f(scores['class_accuracy'])} "
+                 f"({scores['n_matched']} of {scores['n_true']} true masks matched at IoU 0.5)")
+    return "\n".join(lines)
