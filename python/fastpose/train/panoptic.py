@@ -124,6 +124,12 @@ def train_panoptic(model: Union[nn.Module, PathLike], images: Sequence[np.ndarra
         save_path: write the trained model there (:func:`fastpose.models.save_model`, atomic).
 
     Every parameter is checked before any work (ValueError naming it, what was given and what is allowed).
+
+    The trained model segments like any other (``fastpose.segment`` / ``Segmenter``, a class per mask in
+    ``SegmentResult.classes``); under ``backend="auto"`` a panoptic model runs on PyTorch (the ONNX
+    path is taken only for networks with the 3 Cellpose maps, :func:`fastpose.deploy.backends.resolve_backend`).
+    From folders and the command line: ``fastpose train --classes`` (:mod:`fastpose.train.cli`,
+    :func:`fastpose.train.data.load_class_folder`).
     """
     from ..models import ViT, add_class_heads, load_model, save_model
     from ..models.spec import check_class_names
