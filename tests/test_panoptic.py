@@ -387,6 +387,30 @@ def test_cli_panoptic_flags_are_checked(tmp_path, capsys, caplog):
     assert "--class-names" in capsys.readouterr().err
     assert main(base) != 0  # no names, no classes.json
     assert "no class names: pass --class-names" in caplog.text
-    assert main([*base, "--class-names", "a,b", "--time-budget", "10"]) != 0
-    assert "does not take --time-budget" in caplog.text
+    assert main([*base, "--class-names", "a,b", "--resume", str(tmp_path / "state.pt")]) != 0
+    assert "does not take --resume" in caplog.text
     assert not (tmp_path / "p.pth").exists()
+
+
+def test_train_panoptic_time_budget_bounds_the_run():
+    """A wall-clock budget ends the run (epochs only an upper bound; None: none), with budget_lr's schedule."""
+    import time
+
+    from fastpose.train import train_panoptic
+
+    rng = np.random.default_rng(0)
+    m = np.zeros((64, 64), np.int32)
+    m[10:30, 10:30], m[35:55, 35:55] = 1, 2
+    img = (m > 0) * 200.0 + rng.normal(0, 5, m.shape)
+    t = time.perf_counter()
+    r = train_panoptic(_tiny_unet(1), [img], [m], [np.array([0, 1, 2])], ["a", "b"], epochs=None, time_budget=2.0,
+                       tile=64, batch_size=2, images_per_epoch=2)
+    took = time.perf_counter() - t
+    assert 0 < len(r.history) < 10 ** 6 and took < 60  # ended by the budget, not by an epoch count
+    assert r.model.fastpose_meta["extra"]["training"]["time_budget"] == 2.0
+    assert r.history[-1]["lr"] < r.history[len(r.history) // 2]["lr"] or len(r.history) < 4  # annealed at the end
+    with pytest.raises(ValueError, match="time_budget"):
+        train_panoptic(_tiny_unet(1), [img], [m], [np.array([0, 1, 2])], ["a", "b"], epochs=None,
+                       time_budget=float("nan"))
+    with pytest.raises(ValueError, match="epochs, time_budget or both"):
+        train_panoptic(_tiny_unet(1), [img], [m], [np.array([0, 1, 2])], ["a", "b"], epochs=None)

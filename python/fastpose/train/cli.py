@@ -358,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 #: options of segmentation training that panoptic training does not take, with their unset values
-_NOT_PANOPTIC = {"recipe": None, "time_budget": None, "resume": None, "workers": None, "compile": None,
+_NOT_PANOPTIC = {"recipe": None, "resume": None, "workers": None, "compile": None,
                  "sam_augment": False, "card": None, "synthetic_cyto": None, "val_dir": None, "optimizer": None,
                  "half": None}
 
@@ -389,7 +389,7 @@ def run_panoptic(args: argparse.Namespace) -> int:
     bad = [f"--{k.replace('_', '-')}" for k, unset in _NOT_PANOPTIC.items() if getattr(args, k, unset) != unset]
     if bad:
         raise ValueError(f"panoptic training (--classes) does not take {', '.join(bad)}; it trains for --epochs "
-                         "with AdamW (see --help)")
+                         "and/or a --time-budget with AdamW (see --help)")
     _resolve(args)
     cmd = command_line("fastpose train", given)
     if args.synthetic_classes:
@@ -429,7 +429,8 @@ def run_panoptic(args: argparse.Namespace) -> int:
         raise ValueError("no class names: pass --class-names a,b,... or put a classes.json (a JSON list) in --data")
     out = Path(args.out)
     res = train_panoptic(model, [a for a, _, _ in tr], [b for _, b, _ in tr], [c for *_, c in tr], names,
-                         epochs=args.epochs if args.epochs is not None else 100, batch_size=args.batch_size,
+                         epochs=args.epochs if args.epochs is not None else (None if args.time_budget else 100),
+                         time_budget=args.time_budget, batch_size=args.batch_size,
                          images_per_epoch=args.images_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_epochs=args.warmup_epochs, tile=args.tile, scale_range=args.scale_range,
                          channel_axis=channel_axis, seed=args.seed, device=args.device)

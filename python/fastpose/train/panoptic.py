@@ -34,7 +34,7 @@ from ..labels import check_labels, majority_class, relabel_sequential
 from ..transforms import normalize_percentile
 from .augment import augment_sample
 from .data import compute_flow_targets, prepare_image
-from .loop import lr_schedule, make_optimizer, resolve_device, seg_loss
+from .loop import budget_lr, lr_schedule, make_optimizer, resolve_device, seg_loss
 
 __all__ = ["PanopticResult", "train_panoptic", "class_weights", "panoptic_loss", "mask_class_table",
            "evaluate_panoptic", "format_panoptic_table"]
@@ -101,7 +101,8 @@ def panoptic_loss(y: torch.Tensor, flows: torch.Tensor, masks: torch.Tensor, tar
 
 
 def train_panoptic(model: Union[nn.Module, PathLike], images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                   classes: Sequence[Any], class_names: Optional[Sequence[str]] = None, *, epochs: int = 100,
+                   classes: Sequence[Any], class_names: Optional[Sequence[str]] = None, *, epochs: Optional[int] = 100,
+                   time_budget: Optional[float] = None,
                    batch_size: int = 8, images_per_epoch: Optional[int] = None, lr: Optional[float] = None,
                    weight_decay: Optional[float] = None, warmup_epochs: int = 10, tile: Optional[int] = None,
                    scale_range: float = 0.5, channel_axis: Optional[int] = 0, seed: int = 0,
@@ -116,6 +117,9 @@ def train_panoptic(model: Union[nn.Module, PathLike], images: Sequence[np.ndarra
         images, masks, classes: per image the image ([Y, X] or channels on ``channel_axis``), the label image
             and its classes (a per-pixel class image or per-mask ids; see the module docstring).
         class_names: the K class names (background is prepended) for a network without class maps.
+        time_budget: wall-clock seconds of training (the same command on a CPU or a GPU); the learning rate then
+            follows :func:`fastpose.train.budget_lr` over the budget (warm-up, constant, halvings from 70%) and
+            ``epochs`` (None: no limit) is an upper bound.
         epochs, batch_size, images_per_epoch, lr, weight_decay, warmup_epochs: AdamW and its schedule (lr and
             weight decay default to the fine-tuning recipe: U-Net 5e-3 / 1e-4, ViT 5e-5 / 0.1).
         tile: crop side (default 224 for a U-Net, the ViT's input size); scale_range: random scale
@@ -134,7 +138,13 @@ def train_panoptic(model: Union[nn.Module, PathLike], images: Sequence[np.ndarra
     from ..models import ViT, add_class_heads, load_model, save_model
     from ..models.spec import check_class_names
 
-    epochs = checks.integer(epochs, "epochs", lo=1, hi=checks.LIMITS["epochs"])
+    time_budget = checks.number(time_budget, "time_budget", lo=0.0, lo_open=True, hi=checks.LIMITS["time_budget"],
+                                none_ok=True)
+    if epochs is None and time_budget is None:
+        raise ValueError("give epochs, time_budget or both")
+    epochs = checks.integer(epochs, "epochs", lo=1, hi=checks.LIMITS["epochs"], none_ok=True)
+    if epochs is None:
+        epochs = int(checks.LIMITS["epochs"])  # bounded by the time budget
     batch_size = checks.integer(batch_size, "batch_size", lo=1, hi=checks.LIMITS["batch_size"])
     images_per_epoch = checks.integer(images_per_epoch, "images_per_epoch", lo=1, none_ok=True)
     lr = checks.number(lr, "lr", lo=0.0, lo_open=True, none_ok=True)
@@ -185,18 +195,27 @@ def train_panoptic(model: Union[nn.Module, PathLike], images: Sequence[np.ndarra
     torch.manual_seed(seed)
     model = model.to(dev).train()
     opt, base_lr = make_optimizer(model, "adamw", lr, weight_decay)
-    lrs = lr_schedule(epochs, base_lr, warmup_epochs)
+    lrs = None if time_budget else lr_schedule(epochs, base_lr, warmup_epochs)
     wt = torch.from_numpy(w).to(dev)
     rng = np.random.default_rng([seed, 14])
     n_per_epoch = int(images_per_epoch or max(len(xs), batch_size))
     history: List[Dict[str, float]] = []
     t0 = time.perf_counter()
+    out_of_time = False
     for e in range(epochs):
-        for g in opt.param_groups:
-            g["lr"] = float(lrs[e])
+        if lrs is not None:
+            for g in opt.param_groups:
+                g["lr"] = float(lrs[e])
         order = rng.permutation(np.resize(np.arange(len(xs)), n_per_epoch))
         total, n = 0.0, 0
         for s in range(0, n_per_epoch, batch_size):
+            if time_budget:
+                frac = (time.perf_counter() - t0) / time_budget
+                if frac >= 1.0:
+                    out_of_time = True
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = budget_lr(frac, base_lr)
             bx, bf, bm, bt = [], [], [], []
             for i in order[s:s + batch_size]:
                 x, f, m, _ = augment_sample(xs[i], fs[i], ms[i], rng, tile=tile, scale_range=scale_range,
@@ -214,13 +233,16 @@ def train_panoptic(model: Union[nn.Module, PathLike], images: Sequence[np.ndarra
             opt.step()
             total += float(loss.detach()) * len(bx)
             n += len(bx)
-        history.append({"epoch": e + 1, "loss": total / max(n, 1), "lr": float(lrs[e])})
-        if (e + 1) % 10 == 0 or e + 1 == epochs:
+        if n:
+            history.append({"epoch": e + 1, "loss": total / n, "lr": float(opt.param_groups[0]["lr"])})
+        if n and ((e + 1) % 10 == 0 or e + 1 == epochs or out_of_time):
             log.info("panoptic epoch %d: loss %.4f (%.0f s)", e + 1, history[-1]["loss"], time.perf_counter() - t0)
+        if out_of_time:
+            break
     model.eval()
     diam = float(model.diam_mean_value)
     meta = {"diam_mean": diam, "diam_labels": diam,
-            "extra": {"training": {"panoptic": True, "epochs": epochs, "batch_size": batch_size, "lr": base_lr,
+            "extra": {"training": {"panoptic": True, "epochs": len(history), "time_budget": time_budget, "batch_size": batch_size, "lr": base_lr,
                                    "tile": tile, "n_train": len(xs), "class_weights": w.tolist(), "seed": seed,
                                    "seconds": round(time.perf_counter() - t0, 1)}}}
     model.fastpose_meta = {**meta, "arch": model.arch(), "nchan": nchan, "classes": list(names)}
