@@ -101,7 +101,8 @@ def resolve_backend(backend: str, device: Union[str, torch.device], precision: O
     elif precision not in (None, "auto", "fp32"):
         out, why = "torch", f"for precision {precision!r} on the CPU (onnxruntime runs fp32)"
     elif not all(_onnx_exportable(n) for n in nets):
-        out, why = "torch", "for a network other than a fastpose U-Net/ViT with the 3 Cellpose maps (e.g. panoptic class maps)"
+        out, why = "torch", ("for a network other than a fastpose U-Net/ViT with the 3 Cellpose maps "
+                             "(e.g. panoptic class maps)")
     else:
         try:
             require_onnxruntime()
