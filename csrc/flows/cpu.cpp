@@ -164,6 +164,21 @@ std::vector<int64_t> largest_first(const std::vector<LabelStats>& st, int ndim) 
   return order;
 }
 
+/// fn(k, buf) for every label k with pixels, largest padded box first (dynamic schedule: the big masks start
+/// early), each thread with its own box buffers.  Results do not depend on the order: each k writes its own box
+/// (flows) or its own slot (errors).
+template <typename Fn>
+void for_each_mask_largest_first(const std::vector<LabelStats>& st, int ndim, int nt, Fn&& fn) {
+  const std::vector<int64_t> order = largest_first(st, ndim);
+  const int64_t nmasks = int64_t(order.size());
+#pragma omp parallel num_threads(nt)
+  {
+    MaskBuffers buf;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t j = 0; j < nmasks; ++j) fn(order[size_t(j)], buf);
+  }
+}
+
 /// Flows of all labels with statistics `st` (flows fully overwritten).
 void flows_from_stats(const int32_t* labels, const Shape& shape, const std::vector<LabelStats>& st, int niter,
                       float* flows, int nt) {
@@ -171,17 +186,9 @@ void flows_from_stats(const int32_t* labels, const Shape& shape, const std::vect
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t i = 0; i < total; ++i) flows[i] = 0.0f;
 
-  const std::vector<int64_t> order = largest_first(st, shape.ndim);
-  const int64_t nmasks = int64_t(order.size());
-#pragma omp parallel num_threads(nt)
-  {
-    MaskBuffers buf;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t j = 0; j < nmasks; ++j) {
-      const int64_t k = order[size_t(j)];
-      mask_flows(labels, shape, st[size_t(k)], int32_t(k + 1), niter, flows, buf);
-    }
-  }
+  for_each_mask_largest_first(st, shape.ndim, nt, [&](int64_t k, MaskBuffers& buf) {
+    mask_flows(labels, shape, st[size_t(k)], int32_t(k + 1), niter, flows, buf);
+  });
 }
 
 /// Flow error of mask `lab` (statistics s, count > 0): its flows are recomputed in its padded box only (the
@@ -219,17 +226,9 @@ void errors_from_stats(const int32_t* labels, const Shape& shape, const float* d
   const int64_t L = int64_t(st.size());
   for (int64_t k = 0; k < nlabels; ++k) errors[k] = 0.0f;
   if (shape.numel() == 0) return;
-  const std::vector<int64_t> order = largest_first(st, shape.ndim);
-  const int64_t nmasks = int64_t(order.size());
-#pragma omp parallel num_threads(nt)
-  {
-    MaskBuffers buf;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t j = 0; j < nmasks; ++j) {
-      const int64_t k = order[size_t(j)];
-      if (k < L) errors[k] = mask_error(labels, shape, dP, st[size_t(k)], int32_t(k + 1), buf);
-    }
-  }
+  for_each_mask_largest_first(st, shape.ndim, nt, [&](int64_t k, MaskBuffers& buf) {
+    if (k < L) errors[k] = mask_error(labels, shape, dP, st[size_t(k)], int32_t(k + 1), buf);
+  });
 }
 
 }  // namespace

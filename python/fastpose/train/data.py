@@ -27,8 +27,8 @@ from ..labels import median_diameter, relabel_sequential
 from ..transforms import normalize_percentile, to_channels_first
 
 __all__ = ["TrainData", "compute_flow_targets", "renumber", "load_folder", "from_arrays", "as_train_data",
-           "prepare_image", "image_kind", "heldout_by_hash", "folder_ids", "ClassedImage", "load_class_folder",
-           "folder_class_names"]
+           "prepare_image", "image_kind", "heldout_by_hash", "folder_ids", "selected_ids", "ClassedImage",
+           "load_class_folder", "folder_class_names"]
 
 log = logging.getLogger("fastpose.train")
 
@@ -245,6 +245,18 @@ def folder_ids(folder: PathLike, img_filter: str = "_img", mask_filter: str = "_
     return pairs
 
 
+def selected_ids(root: Path, img_filter: str, mask_filter: str, select: Optional[Callable[[str], bool]],
+                 limit: Optional[int]) -> List[Tuple[Path, Path, str]]:
+    """:func:`folder_ids` of ``root`` kept by ``select`` (None: all), the first ``limit`` of them; ValueError when
+    none is left."""
+    pairs = [p for p in folder_ids(root, img_filter, mask_filter) if select is None or select(p[2])]
+    if limit is not None:
+        pairs = pairs[:limit]
+    if not pairs:
+        raise ValueError(f"{root}: no images selected")
+    return pairs
+
+
 def load_folder(folder: PathLike, nchan: int = 2, img_filter: str = "_img", mask_filter: str = "_masks",
                 min_masks: int = 1, normalize: bool = True, channel_axis: Optional[int] = None,
                 cache_dir: Optional[PathLike] = None, channels: Optional[Sequence[int]] = None,
@@ -262,11 +274,7 @@ def load_folder(folder: PathLike, nchan: int = 2, img_filter: str = "_img", mask
     from ..io import read_image
 
     root = Path(folder)
-    pairs = [p for p in folder_ids(root, img_filter, mask_filter) if select is None or select(p[2])]
-    if limit is not None:
-        pairs = pairs[:limit]
-    if not pairs:
-        raise ValueError(f"{root}: no images selected")
+    pairs = selected_ids(root, img_filter, mask_filter, select, limit)
     data = TrainData()
     for img_p, mask_p, stem in pairs:
         cache = (Path(cache_dir) if cache_dir is not None else mask_p.parent) / f"{mask_p.stem}_flows.npz"
@@ -335,11 +343,7 @@ def load_class_folder(folder: PathLike, img_filter: str = "_img", mask_filter: s
     from ..io import read_image
 
     root = Path(folder)
-    pairs = [p for p in folder_ids(root, img_filter, mask_filter) if select is None or select(p[2])]
-    if limit is not None:
-        pairs = pairs[:limit]
-    if not pairs:
-        raise ValueError(f"{root}: no images selected")
+    pairs = selected_ids(root, img_filter, mask_filter, select, limit)
     missing = []
     out: List[ClassedImage] = []
     for img_p, mask_p, stem in pairs:
