@@ -86,26 +86,27 @@ def cases() -> Dict[str, Callable[[], List[Any]]]:
     import fastpose
     from fastpose import Segmenter
 
+    # every case but the backend_* ones pins the eager PyTorch network, so trees whose default backend differs
+    # (issue 18 made it "auto": onnxruntime on the CPU) are still compared like for like
     rf = dict(return_flows=True)
+
+    def seg(*args: Any, **kw: Any) -> Any:
+        return fastpose.segment(*args, device="cpu", backend="torch", **kw)
+
     c: Dict[str, Callable[[], List[Any]]] = {}
-    c["sample_estimated"] = lambda: [fastpose.segment(_sample(), "nuclei", device="cpu", **rf)]
-    c["sample_d17"] = lambda: [fastpose.segment(_sample(), "nuclei", device="cpu", diameter=25.0, **rf)]
-    c["sample_augment"] = lambda: [fastpose.segment(_sample(), "nuclei", device="cpu", diameter=17.0,
-                                                    augment=True, **rf)]
-    c["sample_tilenorm"] = lambda: [fastpose.segment(_sample(), "nuclei", device="cpu", diameter=17.0,
-                                                     normalize="tile", invert=False, **rf)]
-    c["dsb20_many"] = lambda: list(Segmenter("nuclei", device="cpu").segment_many(_dsb(20), diameter=17.0, **rf))
-    c["dsb4_estimated"] = lambda: [fastpose.segment(x, "nuclei", device="cpu", **rf) for x in _dsb(4)]
-    c["volume_3d"] = lambda: [fastpose.segment(_volume(), "nuclei", device="cpu", z_axis=0, do_3D=True,
-                                               diameter=16.0, anisotropy=1.5, **rf)]
-    c["volume_stitch"] = lambda: [fastpose.segment(_volume(), "nuclei", device="cpu", z_axis=0,
-                                                   stitch_threshold=0.25, diameter=16.0, **rf)]
-    c["rgb_cyto"] = lambda: [fastpose.segment(_rgb(), "cyto", device="cpu", channel_axis=-1, channels=[0, 1],
-                                              diameter=30.0, **rf)]
-    c["rgb_cyto_estimated"] = lambda: [fastpose.segment(_rgb(), "cyto", device="cpu", channel_axis=-1,
-                                                        channels=[0, 1], **rf)]
-    c["ensemble"] = lambda: [fastpose.segment(_sample(), ["nuclei", "nuclei"], device="cpu", diameter=17.0, **rf)]
-    c["cellpose_ckpt"] = lambda: [fastpose.segment(_sample(), str(CPNET), device="cpu", diameter=0, **rf)]
+    c["sample_estimated"] = lambda: [seg(_sample(), "nuclei", **rf)]
+    c["sample_d17"] = lambda: [seg(_sample(), "nuclei", diameter=25.0, **rf)]
+    c["sample_augment"] = lambda: [seg(_sample(), "nuclei", diameter=17.0, augment=True, **rf)]
+    c["sample_tilenorm"] = lambda: [seg(_sample(), "nuclei", diameter=17.0, normalize="tile", invert=False, **rf)]
+    c["dsb20_many"] = lambda: list(Segmenter("nuclei", device="cpu", backend="torch").segment_many(
+        _dsb(20), diameter=17.0, **rf))
+    c["dsb4_estimated"] = lambda: [seg(x, "nuclei", **rf) for x in _dsb(4)]
+    c["volume_3d"] = lambda: [seg(_volume(), "nuclei", z_axis=0, do_3D=True, diameter=16.0, anisotropy=1.5, **rf)]
+    c["volume_stitch"] = lambda: [seg(_volume(), "nuclei", z_axis=0, stitch_threshold=0.25, diameter=16.0, **rf)]
+    c["rgb_cyto"] = lambda: [seg(_rgb(), "cyto", channel_axis=-1, channels=[0, 1], diameter=30.0, **rf)]
+    c["rgb_cyto_estimated"] = lambda: [seg(_rgb(), "cyto", channel_axis=-1, channels=[0, 1], **rf)]
+    c["ensemble"] = lambda: [seg(_sample(), ["nuclei", "nuclei"], diameter=17.0, **rf)]
+    c["cellpose_ckpt"] = lambda: [seg(_sample(), str(CPNET), diameter=0, **rf)]
     c["backend_onnxruntime"] = lambda: [fastpose.segment(_sample(), "nuclei", device="cpu", diameter=17.0,
                                                          backend="onnxruntime", **rf)]
     c["backend_compile"] = lambda: [fastpose.segment(_sample(), "nuclei", device="cpu", diameter=17.0,
@@ -119,7 +120,8 @@ def cases() -> Dict[str, Callable[[], List[Any]]]:
             for i, x in enumerate(_dsb(3)):
                 tifffile.imwrite(src / f"im{i}_img.tif", x)
             subprocess.run([sys.executable, "-m", "fastpose.cli", "segment", str(src), "--out", f"{tmp}/o",
-                            "--diameter", "17", "--device", "cpu", "-q", "--save", "masks"], check=True)
+                            "--diameter", "17", "--device", "cpu", "--backend", "torch", "-q", "--save", "masks"],
+                           check=True)
             return [_Res(tifffile.imread(Path(tmp) / "o" / f"im{i}_masks.tif")) for i in range(3)]
     c["cli_masks"] = cli
     return c

@@ -25,9 +25,10 @@ from fastpose.inference import budget
 # Inputs are a small synthetic tile (labels -> 5 * flows + noise, logits) repeated over the image by slice
 # assignment, so building them leaves no large temporaries behind the baseline.
 _SCRIPT = r"""
-import itertools, json, os, resource, sys
+import itertools, json, sys
 import numpy as np
 import fastpose.core as fc
+from fastpose.bench.rss import peak_bytes, reset_peak, resident_bytes
 from fastpose.synthetic import random_labels
 
 mode, size = sys.argv[1], int(sys.argv[2])
@@ -51,27 +52,16 @@ del f, lab
 n = int(np.prod(shape))
 
 
-def hwm():  # peak resident bytes of this process: VmHWM once reset below, else ru_maxrss
-    if reset:
-        return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-rss_now = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-try:  # reset the peak to the current size (ru_maxrss cannot be: it starts at the spawning process's peak)
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    reset = True
-except OSError:
-    reset = False
-hidden = hwm() - rss_now  # > 0: an earlier peak would hide part of the growth
+rss_now = resident_bytes()
+reset = reset_peak()
+hidden = peak_bytes(reset) - rss_now  # > 0: an earlier peak would hide part of the growth
 if mode.startswith("errors"):
     out = fc.flow_errors(other, dP)
     count = int(out.shape[0])
 else:
     out = fc.compute_masks(dP, other)
     count = int(out.max())
-peak = hwm()
+peak = peak_bytes(reset)
 print(json.dumps({"n": n, "count": count, "growth": (peak - rss_now) / n, "hidden": hidden / n}))
 """
 

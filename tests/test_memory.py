@@ -194,8 +194,9 @@ def test_lazy_image_blocks_equal_prepared_image():
 
 
 _PEAK = r"""
-import json, os, resource, sys
+import json, sys
 import numpy as np, torch
+from fastpose.bench.rss import peak_bytes, reset_peak, resident_bytes
 from fastpose.inference import Segmenter
 
 class Cheap(torch.nn.Module):
@@ -210,21 +211,8 @@ class Cheap(torch.nn.Module):
     def forward(self, x):
         return self.conv(x)
 
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-def reset_peak():  # VmHWM back to the current size; ru_maxrss cannot be (it starts at the spawning process's peak)
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-def peak(reset):
-    if reset:
-        return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+rss = resident_bytes
+peak = peak_bytes
 
 h, w = int(sys.argv[1]), int(sys.argv[2])
 img = ((np.arange(h)[:, None] + np.arange(w)[None, :] % 97) % 65536).astype(np.uint16)

@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .rss import reset_peak
+
 __all__ = ["Timing", "time_call", "machine_header", "report", "bench_images", "speedups", "flops_per_tile",
            "matmul_gflops"]
 
@@ -32,15 +34,6 @@ class Timing:
     max_s: float
     peak_mem_mb: Optional[float] = None
     extra: Dict[str, Any] = field(default_factory=dict)
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _status_mb(key: str) -> Optional[float]:
@@ -66,7 +59,7 @@ def time_call(name: str, device: str, fn: Callable[[], Any], repeats: int = 3,
     times: List[float] = []
     peak = None
     for i in range(repeats):
-        measure_mem = i == 0 and _reset_peak_rss()
+        measure_mem = i == 0 and reset_peak()
         base = _status_mb("VmRSS") if measure_mem else None
         t0 = time.perf_counter()
         fn()
