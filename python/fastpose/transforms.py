@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = ["to_channels_first", "channel_view", "percentiles", "channel_range", "scale_channel",
            "normalize_percentile", "normalize_tiles", "normalize", "LazyImage", "prepare_lazy", "resize",
-           "scaled_size", "check_finite", "STATS_PIXELS"]
+           "scaled_size", "check_finite", "STATS_PIXELS", "tensor_percentiles", "normalize_tensor"]
 
 ArrayLike = Any
 
@@ -369,3 +369,38 @@ def resize(t: Any, size: Tuple[int, ...]) -> Any:
 def scaled_size(shape: Sequence[int], scale: Sequence[float]) -> Tuple[int, ...]:
     """``shape`` times ``scale`` per axis, rounded, at least 1 (the size an image is resized to)."""
     return tuple(max(1, int(round(s * f))) for s, f in zip(shape, scale))
+
+
+# ---- the same on tensors (any device): restoration chained in front of segmentation stays on the GPU ------------
+
+def tensor_percentiles(flat: Any, qs: Sequence[float]) -> Any:
+    """NumPy's linear percentiles ``qs`` (0-100) of each row of a tensor ``flat`` [n, N] -> float32 [len(qs), n],
+    computed in float32 on the tensor's device (rows beyond 2**24 values: a strided subsample of about that
+    many, as :data:`STATS_PIXELS` does for NumPy)."""
+    import torch
+
+    n = flat.shape[-1]
+    if n > STATS_PIXELS:
+        flat = flat[:, :: int(math.ceil(n / STATS_PIXELS))]
+    q = torch.tensor([float(v) / 100.0 for v in qs], dtype=torch.float32, device=flat.device)
+    return torch.quantile(flat.float(), q, dim=-1)
+
+
+def normalize_tensor(t: Any, lower: float = 1.0, upper: float = 99.0, invert: bool = False) -> Any:
+    """:func:`normalize_percentile` of a float tensor [B, C, *spatial] on its own device, per image and channel:
+    the ``lower``/``upper`` percentiles map to 0/1, constant channels to 0 (the same rule as
+    :func:`channel_range`); ValueError when it holds NaN or Inf."""
+    import torch
+
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("image contains NaN or Inf")
+    b, c = t.shape[:2]
+    flat = t.reshape(b * c, -1).float()
+    lo, hi = tensor_percentiles(flat, (lower, upper))
+    ok = (hi - lo > 1e-3 * torch.clamp(hi.abs(), min=1e-12)) & (hi > lo)
+    scale = torch.where(ok, hi - lo, torch.ones_like(hi))
+    out = (flat - lo[:, None]) / scale[:, None]
+    out = torch.where(ok[:, None], out, torch.zeros_like(out))
+    if invert:
+        out = torch.where(ok[:, None], 1 - out, out)
+    return out.reshape(t.shape)

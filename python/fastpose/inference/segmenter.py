@@ -24,7 +24,8 @@ from ..core import cuda_available
 from ..models import load_model, spec_of
 from ..models.spec import ModelSpec
 from ..transforms import normalize as normalize_image
-from ..transforms import LazyImage, channel_view, prepare_lazy, resize, scaled_size, to_channels_first
+from ..transforms import (LazyImage, channel_view, normalize_tensor, prepare_lazy, resize, scaled_size,
+                          to_channels_first)
 from .budget import MemoryPlan, parse_memory, plan_2d, resolve_budget
 from .result import SegmentResult
 from .tiled import run_tiled, run_tiled_bounded
@@ -68,6 +69,9 @@ class Segmenter:
         when an image arrives; see :mod:`fastpose.inference.budget`).  Images whose whole-image path would
         exceed it are tiled from the original array within a bounded working set (the same maps); beyond what
         that needs, a ValueError gives the estimate and what to do.
+    restore : str, path, torch.nn.Module or Segmenter, optional
+        A restoration model run on each channel before this model (:meth:`restore_prepared`; see
+        :func:`segment`).
 
     Attributes
     ----------
@@ -78,7 +82,7 @@ class Segmenter:
     """
 
     def __init__(self, model: Any = "nuclei", device: str = "auto", precision: str = "auto",
-                 batch_size: int = 8, backend: str = "auto", max_memory: Any = None) -> None:
+                 batch_size: int = 8, backend: str = "auto", max_memory: Any = None, restore: Any = None) -> None:
         from ..deploy.backends import check_backend, make_runner, resolve_backend
 
         check_backend(backend)
@@ -127,6 +131,21 @@ class Segmenter:
         self.max_memory: Optional[int] = parse_memory(max_memory)
         #: what the tiled path calls per network: the module itself for "torch", else a backend runner
         self.runners = [make_runner(net, backend, self.device, self.batch_size, self.precision) for net in self.nets]
+        #: the image-to-image model run on each channel before this one (``restore=``: a restoration model), or
+        #: None; see :meth:`restore_prepared`
+        self.restorer: Optional["Segmenter"] = None
+        if restore is not None:
+            pre = restore if isinstance(restore, Segmenter) else Segmenter(
+                restore, device=device, precision=precision, batch_size=batch_size, backend=backend,
+                max_memory=max_memory)
+            if not pre.is_image_model:
+                raise ValueError(f"restore= needs a restoration model (one image channel in, one image out), got "
+                                 f"a {pre.spec.family!r} model with {pre.nchan} input channel(s) and outputs "
+                                 f"{', '.join(pre.spec.outputs)}")
+            if self.is_image_model:
+                raise ValueError("model= is a restoration model (one image in, one image out), not a segmentation "
+                                 "model: pass the segmentation model as model= and the restoration model as restore=")
+            self.restorer = pre
 
     # ---- what the spec says ---------------------------------------------------------------------
     @property
@@ -143,6 +162,11 @@ class Segmenter:
     def diam_mean(self) -> float:
         """Cell diameter the network was trained at, pixels."""
         return float(self.spec.diam_mean)
+
+    @property
+    def is_image_model(self) -> bool:
+        """Whether the network maps one image channel to one image (a restoration model): no flows, one output."""
+        return self.spec.nchan == 1 and self.spec.n_outputs == 1 and not self.spec.flow_channels
 
     @property
     def estimates_diameter(self) -> bool:
@@ -191,8 +215,8 @@ class Segmenter:
 
     def maps(self, x: Any, rescale: float = 1.0, augment: bool = False,
              tile_overlap: float = 0.1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Maps of a prepared image [C, Y, X] (or a batch [B, C, Y, X] of equal size) resized by ``rescale`` for
-        the network and back: (maps [(B,) n_outputs, Y, X] on the core's device, styles [(B,) S] or None).
+        """Maps of a prepared image [C, Y, X] (or a batch [B, C, Y, X] of equal size; a NumPy array or a tensor on
+        any device) resized by ``rescale`` for the network and back: (maps [(B,) n_outputs, Y, X] on the core's device, styles [(B,) S] or None).
 
         A :class:`~fastpose.transforms.LazyImage`, or images whose whole-image path would exceed the memory
         budget, go through the bounded path (:meth:`maps_bounded`; maps on the CPU)."""
@@ -202,12 +226,15 @@ class Segmenter:
         n = 1 if x.ndim == 3 else int(x.shape[0])
         if plan.whole * n > plan.budget:
             if x.ndim == 3:
+                if torch.is_tensor(x):  # the bounded path cuts tiles from a host array
+                    x = x.detach().float().cpu().numpy()
                 return self.maps_bounded(x, rescale, augment, tile_overlap)
             parts = [self.maps(xi, rescale, augment, tile_overlap) for xi in x]  # one image at a time
             st = None if parts[0][1] is None else torch.stack([p[1] for p in parts])
             return (parts[0][0][None] if n == 1 else torch.stack([p[0] for p in parts])), st
         single = x.ndim == 3
-        t = torch.from_numpy(x[None] if single else x).to(self.device)
+        t = x if torch.is_tensor(x) else torch.from_numpy(x)
+        t = (t[None] if single else t).to(self.device, torch.float32)
         Ly, Lx = x.shape[-2:]
         if rescale != 1.0:
             t = resize(t, scaled_size((Ly, Lx), (rescale, rescale)))
@@ -217,6 +244,66 @@ class Segmenter:
         if single:
             return y[0], (None if st is None else st[0])
         return y, st
+
+    def channelwise(self, x: torch.Tensor, diameter: Optional[float] = None, tile_overlap: float = 0.1,
+                    normalize: bool = True, scale: str = "input") -> torch.Tensor:
+        """Run this one-channel image model (:attr:`is_image_model`) on every channel of a batch ``x``
+        [B, C, Y, X] (a tensor on any device): each channel normalised to the model's percentiles
+        (``normalize``), resized by ``diam_mean / diameter``, tiled through the network and resized back
+        (``scale="input"``) or left at the network's scale (``"model"``).  Constant channels (an absent nuclear
+        channel) are passed through unchanged.  Returns the first output map per channel, float32 [B, C, Y', X']
+        on the core's device."""
+        if x.ndim != 4:
+            raise ValueError(f"channelwise expects a batch [B, C, Y, X], got shape {tuple(x.shape)}")
+        norm = self.spec.normalize
+        r = self.spec.rescale(diameter)
+        Ly, Lx = int(x.shape[-2]), int(x.shape[-1])
+        out: List[torch.Tensor] = []
+        for c in range(x.shape[1]):
+            xc = x[:, c:c + 1].to(self.device, torch.float32)
+            flat = xc.reshape(xc.shape[0], -1)
+            constant = (flat.amax(1) - flat.amin(1)) <= 0
+            if normalize:
+                xc = normalize_tensor(xc, float(norm["lower"]), float(norm["upper"]), bool(norm.get("invert")))
+            if scale == "model" and r != 1.0:
+                y, _ = self.run_net(resize(xc, scaled_size((Ly, Lx), (r, r))), False, tile_overlap)
+                keep = resize(x[:, c:c + 1].to(y.device, torch.float32), tuple(y.shape[-2:]))
+            else:
+                y, _ = self.maps(xc, r, False, tile_overlap)
+                keep = x[:, c:c + 1].to(y.device, torch.float32)
+            y = y[:, :1].float()
+            if bool(constant.any()):
+                y = torch.where(constant.to(y.device)[:, None, None, None], keep, y)
+            out.append(y.to(torch.device(self.core_device)))
+        return torch.cat(out, 1)
+
+    def restore_prepared(self, x: Any, diameter: Optional[float], tile_overlap: float = 0.1,
+                         volume: bool = False) -> Tuple[Any, Any]:
+        """``(network input, restored)`` of a prepared image (2D [C, Y, X], a batch [B, C, Y, X], or with
+        ``volume`` [C, Z, Y, X]): each channel through the restoration model (``restore=``) at ``diameter``,
+        then normalised again for this model (Cellpose re-normalises restored images).  2D results are tensors
+        on the device (segmentation continues there); volumes come back as NumPy arrays.  Without a restoration
+        model: ``(x, None)``."""
+        if self.restorer is None:
+            return x, None
+        if isinstance(x, LazyImage):
+            raise ValueError("restore= is not supported for images above the memory budget (max_memory): restore "
+                             "them with fastpose.restore in parts, or raise the budget")
+        norm = self.spec.normalize
+        lo, hi = float(norm["lower"]), float(norm["upper"])
+        if volume:  # plane by plane: [C, Z, Y, X] -> Z batches of [C, Y, X]
+            planes = torch.from_numpy(np.ascontiguousarray(x)).permute(1, 0, 2, 3)
+            step = max(1, self.batch_size)
+            rest = [self.restorer.channelwise(planes[i:i + step], diameter, tile_overlap).cpu()
+                    for i in range(0, planes.shape[0], step)]
+            r = torch.cat(rest).float()
+            xin = normalize_tensor(r, lo, hi)
+            return (xin.permute(1, 0, 2, 3).contiguous().numpy(), r.permute(1, 0, 2, 3).contiguous().numpy())
+        t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
+        single = t.ndim == 3
+        r = self.restorer.channelwise(t[None] if single else t, diameter, tile_overlap)
+        xin = normalize_tensor(r, lo, hi).to(self.device)
+        return (xin[0], r[0]) if single else (xin, r)
 
     def maps_bounded(self, x: Any, rescale: float = 1.0, augment: bool = False,
                      tile_overlap: float = 0.1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -357,14 +444,27 @@ class Segmenter:
         vol3 = do_3D or stitch_threshold > 0
         x = self.prepare(image, channel_axis, z_axis, channels, vol3, normalize, invert)
         options = {k: o[k] for k in ("flow_threshold", "cellprob_threshold", "min_size", "niter")}
+        x_raw = x
         if diameter is None:
             if not self.estimates_diameter:
                 diameter = 0.0  # size-invariant networks, or no size model: no resizing
             else:
-                plane = x if x.ndim == 3 else x[:, x.shape[1] // 2]
+                # with a restoration model: estimated on the image restored unresized, then restored again below
+                xr, _ = self.restore_prepared(x, None, tile_overlap, vol3)
+                plane = xr if xr.ndim == 3 else xr[:, xr.shape[1] // 2]
                 diameter = self.estimate_diameter(plane, augment, tile_overlap)
                 log.info("estimated diameter: %.1f px", diameter)
                 self.check_size(x.shape[1:], diameter, anisotropy, do_3D)
+        x, restored = self.restore_prepared(x_raw, diameter, tile_overlap, vol3)
+        res = self._segment_restored(x, diameter, anisotropy, do_3D, stitch_threshold, augment, tile_overlap,
+                                     options, return_flows)
+        if restored is not None:
+            res.outputs["restored"] = restored if isinstance(restored, np.ndarray) else restored.cpu().numpy()
+        return res
+
+    def _segment_restored(self, x: Any, diameter: float, anisotropy: Optional[float], do_3D: bool,
+                          stitch_threshold: float, augment: bool, tile_overlap: float, options: Dict[str, Any],
+                          return_flows: bool) -> SegmentResult:
         if do_3D:
             return self._segment_3d(x, diameter, anisotropy, augment, tile_overlap, options, return_flows)
         if stitch_threshold > 0:
@@ -416,7 +516,7 @@ class Segmenter:
 
 def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei", *, device: str = "auto",
             precision: str = "auto", batch_size: int = 8, backend: str = "auto", max_memory: Any = None,
-            **kwargs: Any) -> Union[SegmentResult, List[SegmentResult]]:
+            restore: Any = None, **kwargs: Any) -> Union[SegmentResult, List[SegmentResult]]:
     """Segment one image or a list of images.
 
     Parameters
@@ -430,6 +530,12 @@ def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei"
     device, precision, batch_size, backend, max_memory
         See :class:`Segmenter` (``max_memory``: the memory budget, bytes or "8GB"; ignored when ``model`` is
         a Segmenter, which has its own).
+    restore : str, path or module, optional
+        A restoration model (``"oneclick_nuclei"``, a Cellpose3 file such as ``denoise_cyto3``, see
+        :mod:`fastpose.restore`) run on each channel before segmentation, at the same ``diameter``, on the same
+        device; the restored image comes back in ``result.outputs["restored"]`` (float32 [C, Y, X], the
+        network's channels).  With ``diameter=None`` the diameter is estimated on the image restored unresized,
+        then the image is restored again at that diameter.
     channel_axis, z_axis : int, optional
         Which axis holds channels / Z.  Default: none (a plain 2D image).
     channels : sequence of int, optional
@@ -472,8 +578,10 @@ def segment(images: Union[ArrayLike, Sequence[ArrayLike]], model: Any = "nuclei"
     -------
     SegmentResult or list of SegmentResult
     """
+    if isinstance(model, Segmenter) and restore is not None:
+        raise ValueError("model is a Segmenter already: pass restore= when creating it (Segmenter(..., restore=...))")
     seg = model if isinstance(model, Segmenter) else Segmenter(model, device, precision, batch_size, backend,
-                                                               max_memory)
+                                                               max_memory, restore)
     if isinstance(images, (list, tuple)):
         return list(seg.segment_many(images, **kwargs))
     return seg.segment(images, **kwargs)

@@ -121,9 +121,11 @@ def _pooled(seg: Any, images: Iterable[Any], p: Dict[str, Any], return_errors: b
             return None
         try:
             if isinstance(xb, LazyImage):  # one image by the bounded path: given a batch axis of one
+                seg.restore_prepared(xb, diameter, overlap)  # (refused there with a restoration model)
                 y, st = seg.maps(xb, rescale, augment, overlap)
-                return y[None], (None if st is None else st[None])
-            return seg.maps(xb, rescale, augment, overlap)
+                return y[None], (None if st is None else st[None]), None
+            xin, restored = seg.restore_prepared(xb, diameter, overlap)  # (xb, None) without a restoration model
+            return (*seg.maps(xin, rescale, augment, overlap), restored)
         except Exception as e:  # noqa: BLE001
             if not return_errors:
                 raise
@@ -139,10 +141,13 @@ def _pooled(seg: Any, images: Iterable[Any], p: Dict[str, Any], return_errors: b
                 results.append(out)
             else:
                 i = next(it)
-                maps, st = out
+                maps, st, restored = out
                 try:
-                    results.append(seg.recover(maps[i], None if st is None else st[i], rescale, diameter, options,
-                                               return_flows))
+                    res = seg.recover(maps[i], None if st is None else st[i], rescale, diameter, options,
+                                      return_flows)
+                    if restored is not None:
+                        res.outputs["restored"] = restored[i].cpu().numpy()
+                    results.append(res)
                 except Exception as e:  # noqa: BLE001
                     if not return_errors:
                         raise

@@ -49,7 +49,8 @@ class Family:
 FAMILIES: Dict[str, Family] = {}
 
 #: families shipped with fastpose: name -> module that registers it when first imported
-BUILTIN_FAMILIES: Dict[str, str] = {"cellpose": "fastpose.methods.cellpose", "panoptic": "fastpose.methods.panoptic"}
+BUILTIN_FAMILIES: Dict[str, str] = {"cellpose": "fastpose.methods.cellpose", "panoptic": "fastpose.methods.panoptic",
+                                    "restore": "fastpose.methods.restore"}
 
 
 def register_family(family: Family) -> Family:

@@ -56,7 +56,8 @@ from .vit import VIT_PRESETS, ViT
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BUILTIN_MODELS", "DEFAULT_NORMALIZE", "ARCHITECTURES", "Architecture",
            "register_architecture", "build_model", "spec_of", "save_model", "load_model", "model_from_state_dict",
-           "resolve_model_path", "ModelNotFoundError"]
+           "resolve_model_path", "ModelNotFoundError", "CELLPOSE_NAMES", "CELLPOSE_RESTORE_NAMES",
+           "cellpose_model_dir"]
 
 log = logging.getLogger("fastpose.models")
 
@@ -103,6 +104,14 @@ class Architecture:
     spec_defaults: Callable[[nn.Module], Dict[str, Any]]
 
 
+def _unet_spec_defaults(net: nn.Module) -> Dict[str, Any]:
+    fields: Dict[str, Any] = {"tile": 224, "pad_multiple": 16, "pad_to_tile": False, "rescale_by_diameter": True}
+    if int(getattr(net, "nout", 3)) == 1 and int(getattr(net, "nchan", 0)) == 1:
+        from .spec import RESTORE_OUTPUTS
+        fields.update(family="restore", outputs=RESTORE_OUTPUTS, flow_channels=(), pad_border=8)
+    return fields
+
+
 def _build_vit(diam_mean: float = 30.0, preset: Optional[str] = None, **kw: Any) -> nn.Module:
     if preset is not None:
         return ViT.from_preset(str(preset), diam_mean=diam_mean, **kw)
@@ -111,9 +120,9 @@ def _build_vit(diam_mean: float = 30.0, preset: Optional[str] = None, **kw: Any)
 
 #: ``arch["type"]`` -> :class:`Architecture`.  New network families register here (:func:`register_architecture`).
 ARCHITECTURES: Dict[str, Architecture] = {
-    # the Cellpose U-Net halves the size three times: pad to a multiple of 16; 224 tiles; resized by diameter
-    "unet": Architecture(UNet, lambda net: {"tile": 224, "pad_multiple": 16, "pad_to_tile": False,
-                                            "rescale_by_diameter": True}),
+    # the Cellpose U-Net halves the size three times: pad to a multiple of 16; 224 tiles; resized by diameter.
+    # One input and one output map: a Cellpose3 restoration network (the image in, the restored image out)
+    "unet": Architecture(UNet, lambda net: _unet_spec_defaults(net)),
     # Cellpose-SAM's ViT takes tiles of exactly its input size and is trained to be size-invariant
     "vit": Architecture(_build_vit, lambda net: {"tile": int(getattr(net, "img_size", 256)), "pad_multiple": 1,
                                                  "pad_to_tile": True, "rescale_by_diameter": False}),
@@ -276,6 +285,20 @@ def save_model(path: PathLike, model: nn.Module, meta: Optional[Mapping[str, Any
 # loading
 # --------------------------------------------------------------------------------------------------
 
+#: Cellpose 3's restoration model names (``cellpose.denoise.MODEL_NAMES`` less the loss ablations)
+CELLPOSE_RESTORE_NAMES: Tuple[str, ...] = tuple(
+    [f"{k}_{d}" for k in ("denoise", "deblur", "upsample", "oneclick") for d in ("cyto3", "cyto2", "nuclei")]
+    + ["aniso_cyto2", "aniso_nuclei"])
+#: Cellpose model names looked up in Cellpose's own model folder when they are not bundled with fastpose
+CELLPOSE_NAMES: Tuple[str, ...] = ("cyto2", "cyto3", "cpsam") + CELLPOSE_RESTORE_NAMES
+
+
+def cellpose_model_dir() -> Path:
+    """Where Cellpose keeps the models it downloaded: ``$CELLPOSE_LOCAL_MODELS_PATH`` or ``~/.cellpose/models``."""
+    env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
+    return Path(env) if env else Path.home() / ".cellpose" / "models"
+
+
 def _available() -> str:
     names = sorted(BUILTIN_MODELS)
     return ", ".join(names) if names else "(none registered yet)"
@@ -315,6 +338,16 @@ def resolve_model_path(path_or_name: PathLike) -> Path:
             err.filename = str(tp)
             raise err
         return tp
+    if name in CELLPOSE_NAMES:  # a Cellpose model Cellpose downloaded earlier (fastpose downloads nothing)
+        cand = cellpose_model_dir() / name
+        if cand.is_file():
+            return cand
+        err = ModelNotFoundError(
+            f"Cellpose's model {name!r} is not bundled with fastpose and is not in {cand.parent}; download "
+            f"https://www.cellpose.org/models/{name} and pass its path (fastpose downloads nothing); "
+            f"bundled models: {_available()}")
+        err.filename = name
+        raise err
     if p.exists():
         raise ValueError(f"cannot load model {p}: it is a folder, not a file")
     err = ModelNotFoundError(f"no model file {name!r}, and {name!r} is not a bundled model name; "

@@ -18,7 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .. import checks
 
-__all__ = ["ModelSpec", "DEFAULT_NORMALIZE", "CELLPOSE_OUTPUTS", "CLASS_PREFIX", "check_class_names", "class_names",
+__all__ = ["ModelSpec", "DEFAULT_NORMALIZE", "CELLPOSE_OUTPUTS", "RESTORE_OUTPUTS", "CLASS_PREFIX", "check_class_names", "class_names",
            "panoptic_spec"]
 
 #: Cellpose's input normalisation: per channel, the 1st percentile -> 0 and the 99th -> 1.
@@ -26,6 +26,9 @@ DEFAULT_NORMALIZE: Dict[str, Any] = {"lower": 1.0, "upper": 99.0, "invert": Fals
 
 #: Output maps of a Cellpose network: the two flow components (5x unit vectors) and the cell-probability logit.
 CELLPOSE_OUTPUTS: Tuple[str, ...] = ("flow_y", "flow_x", "cellprob")
+
+#: Output map of a restoration network (Cellpose3: the restored image, predicted directly, no input skip).
+RESTORE_OUTPUTS: Tuple[str, ...] = ("restored",)
 
 #: Output maps named ``"class:<name>"`` are semantic class maps (panoptic models: background first, then the K
 #: classes, after the three Cellpose maps; see :func:`panoptic_spec`).
@@ -59,6 +62,9 @@ class ModelSpec:
         Cell diameter the network was trained at, pixels.
     normalize : dict
         Input percentile normalisation ``{"lower": 1.0, "upper": 99.0, "invert": False}``, honoured at inference.
+    pad_border : int
+        Extra zero padding on every side before tiling, pixels (0; 8 for restoration models: Cellpose 3's
+        ``run_net`` pads by a multiple of 16 plus 8 px per side, and restoration is checked against it).
     """
 
     family: str = "cellpose"
@@ -71,6 +77,7 @@ class ModelSpec:
     rescale_by_diameter: bool = True
     diam_mean: float = 30.0
     normalize: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_NORMALIZE))
+    pad_border: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -99,6 +106,7 @@ class ModelSpec:
         object.__setattr__(self, "tile", field_ok(checks.integer, "tile", lo=8, hi=8192))
         object.__setattr__(self, "pad_multiple", field_ok(checks.integer, "pad_multiple", lo=1, hi=8192))
         object.__setattr__(self, "pad_to_tile", field_ok(checks.boolean, "pad_to_tile"))
+        object.__setattr__(self, "pad_border", field_ok(checks.integer, "pad_border", lo=0, hi=8192))
         object.__setattr__(self, "rescale_by_diameter", field_ok(checks.boolean, "rescale_by_diameter"))
         object.__setattr__(self, "diam_mean", field_ok(checks.number, "diam_mean", lo=0.0, lo_open=True,
                                                        hi=checks.LIMITS["diameter"]))
@@ -123,11 +131,12 @@ class ModelSpec:
         return len(self.outputs)
 
     def padding(self, size: int) -> int:
-        """Pixels of padding for an image side of ``size`` (split half before, half after)."""
+        """Pixels of padding for an image side of ``size`` (split half before, half after; ``pad_border`` on each
+        side included)."""
         pad = (-int(size)) % int(self.pad_multiple)
         if self.pad_to_tile:
             pad = max(pad, int(self.tile) - int(size))
-        return pad
+        return pad + 2 * int(self.pad_border)
 
     def rescale(self, diameter: Optional[float]) -> float:
         """Resize factor for images whose cells are ``diameter`` pixels across (1: no resizing); ``diameter`` is
