@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import os
 import re
 import signal
 import sys
@@ -32,22 +31,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
 from . import checks
-from .outputs import KINDS_2D, OUTPUT_FILES, OUTPUT_KINDS, RECORD_SUFFIX
+from .outputs import KINDS_2D, OUTPUT_KINDS, RECORD_SUFFIX
 from .inference.budget import parse_memory
+from .inputs import (InputFile, UsageError, check_out_folder, check_unique_outputs,  # noqa: F401
+                     collect_inputs, find_inputs)
 
 log = logging.getLogger("fastpose")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 70, 130, 143
 
-
-
-class UsageError(ValueError):
-    """A bad command line or setup (exit status 2): the message is one sentence for the user."""
 
 
 class Interrupted(BaseException):
@@ -125,184 +122,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------
-# inputs: which files, and where each one's outputs go
-# ------------------------------------------------------------------------------------------------
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".npy")
-OUTPUT_MARKERS = ("_masks", "_flows", "_seg", "_outlines", "_cp_masks")
-#: ends of file names that fastpose (or Cellpose) writes: never taken as inputs from a folder or glob
-_OUTPUT_ENDS = tuple(OUTPUT_FILES.values()) + (RECORD_SUFFIX, "_cp_outlines.txt")
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """One input image and the folder, relative to --out, that its outputs go to."""
-
-    path: Path
-    rel: Path = Path(".")
-
-    @property
-    def stem(self) -> str:
-        """The outputs' name stem: the file name less its suffix and a trailing ``_img``."""
-        return _stem(self.path)
-
-
-def _stem(p: Path) -> str:
-    s = p.name
-    for suf in (".tiff", ".tif", ".npy"):
-        if s.lower().endswith(suf):
-            s = s[: -len(suf)]
-            break
-    return s.removesuffix("_img")
-
-
-def _looks_like_output(q: Path) -> bool:
-    from .io import is_temp_file
-
-    name = q.name.lower()
-    if q.suffix.lower() in IMAGE_SUFFIXES and any(q.stem.endswith(m) for m in OUTPUT_MARKERS):
-        return True
-    return name.endswith(_OUTPUT_ENDS) or is_temp_file(q)
-
-
-def _glob_root(pattern: str) -> Path:
-    """The folder a glob pattern is rooted at: its leading parts without wildcards."""
-    import glob
-
-    parts = Path(pattern).parts
-    root: List[str] = []
-    for part in parts[:-1]:
-        if glob.has_magic(part):
-            break
-        root.append(part)
-    return Path(*root) if root else Path(".")
-
-
-def _within(q: Path, folder: Optional[Path]) -> bool:
-    if folder is None:
-        return False
-    try:
-        q.resolve().relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
-def _names(paths: Sequence[Path], n: int = 5) -> str:
-    shown = ", ".join(p.name for p in paths[:n])
-    return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
-
-
-def collect_inputs(inputs: Sequence[str], recursive: bool, out: Optional[Path] = None) -> List[InputFile]:
-    """Expand files, folders and glob patterns into a sorted, de-duplicated list of :class:`InputFile`.
-
-    Each file's outputs go to the path of its folder relative to the folder (or the glob's leading folder)
-    it was found under, inside --out; a file named explicitly has its outputs in --out itself.  From a
-    folder or glob, files that are not images (suffix other than .tif/.tiff/.npy) and files that look like
-    outputs (``*_masks.tif``, ``*_seg.npy``, ``*.fastpose.json``..., or anything inside ``out``) are skipped,
-    each group reported in one log line; a file named explicitly is always taken.
-    """
-    import glob
-
-    out_r = out.resolve() if out is not None and out.exists() else None
-    found: List[InputFile] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_file():
-            found.append(InputFile(p))
-            continue
-        if p.is_dir():
-            root = p
-            cands = sorted(q for q in (p.rglob("*") if recursive else p.glob("*")) if q.is_file())
-        else:
-            root = _glob_root(item)
-            cands = sorted(Path(q) for q in glob.glob(item, recursive=recursive) if Path(q).is_file())
-            if not cands:
-                raise FileNotFoundError(f"{item}: no such file, folder or matching files")
-        not_images: List[Path] = []
-        outputs: List[Path] = []
-        for q in cands:
-            if _looks_like_output(q) or _within(q, out_r):
-                outputs.append(q)
-            elif q.suffix.lower() not in IMAGE_SUFFIXES:
-                not_images.append(q)
-            else:
-                rel = Path(os.path.relpath(q.parent.resolve(), root.resolve()))
-                found.append(InputFile(q, Path(".") if rel.parts[:1] == ("..",) else rel))
-        if not_images:
-            log.info("%s: skipped %d file(s) that are not images (%s): %s", item, len(not_images),
-                     "/".join(IMAGE_SUFFIXES), _names(not_images))
-        if outputs:
-            log.info("%s: skipped %d file(s) that look like segmentation outputs: %s", item, len(outputs),
-                     _names(outputs))
-    seen, result = set(), []
-    for f in sorted(found, key=lambda f: str(f.path)):
-        r = f.path.resolve()
-        if r not in seen:
-            seen.add(r)
-            result.append(f)
-    return result
-
-
-def find_inputs(inputs: List[str], recursive: bool) -> List[Path]:
-    """The image files of :func:`collect_inputs` (files, folders, glob patterns), sorted and de-duplicated."""
-    return [f.path for f in collect_inputs(inputs, recursive)]
-
-
-def check_unique_outputs(files: Sequence[InputFile], out: Path = Path("OUT")) -> None:
-    """Raise :class:`UsageError` naming the inputs that would write the same output names (same folder under
-    --out and same stem, compared without case so outputs survive a copy to a case-insensitive disk)."""
-    by_key: Dict[str, List[InputFile]] = {}
-    for f in files:
-        by_key.setdefault(str(f.rel / f.stem).casefold(), []).append(f)
-    clashes = [g for g in by_key.values() if len(g) > 1]
-    if not clashes:
-        return
-    lines = []
-    for g in clashes[:5]:
-        dest = g[0].rel / f"{g[0].stem}_*"
-        lines.append(f"{' and '.join(str(f.path) for f in g)} would write the same outputs {out / dest}")
-    more = f" (and {len(clashes) - 5} more clashes)" if len(clashes) > 5 else ""
-    raise UsageError(f"{len(clashes)} output name clash(es), nothing segmented: {'; '.join(lines)}{more}. "
-                     "Outputs are named <stem>_<kind> (stem: the file name less its suffix and a trailing "
-                     "_img) in the input's folder relative to the folder given; rename or move one of each "
-                     "pair, segment them into separate --out folders, or give their common parent folder "
-                     "with --recursive so that the outputs mirror the subfolders")
-
-
-# ------------------------------------------------------------------------------------------------
-# the output folder: checked before the first image, leftovers of a killed run removed
-# ------------------------------------------------------------------------------------------------
-
-def check_out_folder(out: Path, subfolders: Sequence[Path] = ()) -> None:
-    """Create ``out`` (and its ``subfolders``) and prove each is writable by writing and deleting a probe
-    file; raise :class:`UsageError` with one sentence when that fails (a file where the folder should be, a
-    read-only folder, a full disk)."""
-    from .io import TEMP_MARK
-
-    for d in [out, *(out / s for s in subfolders if s != Path("."))]:
-        blocker = next((a for a in [d, *d.parents] if a.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise UsageError(f"--out {out}: {blocker} is a file, not a folder; give a folder path "
-                             "(it is created if missing)")
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"--out {out}: cannot create the folder {d} ({e.strerror or e})") from None
-        try:
-            fd, probe = tempfile.mkstemp(prefix=f".probe{TEMP_MARK}", suffix=".tmp", dir=d)
-            try:
-                os.write(fd, b"fastpose write probe\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-                os.unlink(probe)
-        except OSError as e:
-            raise UsageError(f"--out {out}: cannot write in {d} ({e.strerror or e}); choose a folder you "
-                             "can write to") from None
-
-
 def _check_segment_flags(args: argparse.Namespace) -> None:
     """Cross-flag rules of ``segment``, checked before the model is loaded."""
     if args.do_3d and args.z_axis is None:
@@ -321,6 +140,8 @@ def _check_segment_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--channel-axis and --z-axis must differ, both are {args.z_axis}")
     if args.no_norm and args.tile_norm:
         raise UsageError("--no-norm and --tile-norm exclude each other: give one of them")
+    if "restored" in args.save and not args.restore:
+        raise UsageError("--save restored needs --restore MODEL (a restoration model to run before segmenting)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -423,8 +244,9 @@ def _segment(args: argparse.Namespace, b: _Batch) -> int:
         return EXIT_OK
 
     seg = Segmenter(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                    backend=args.backend, max_memory=args.max_memory)
-    log.info("%d image(s); model %s on %s (core: %s)", len(todo), args.model, seg.device, seg.core_device)
+                    backend=args.backend, max_memory=args.max_memory, restore=args.restore)
+    log.info("%d image(s); model %s%s on %s (core: %s)", len(todo), args.model,
+             f" after restoration by {args.restore}" if args.restore else "", seg.device, seg.core_device)
     kw: Dict[str, Any] = {
         "channel_axis": args.channel_axis, "z_axis": args.z_axis, "channels": args.channels,
         "diameter": args.diameter, "do_3D": args.do_3d, "anisotropy": args.anisotropy,
@@ -456,7 +278,8 @@ def _segment(args: argparse.Namespace, b: _Batch) -> int:
         try:
             remove_record(dest, f.stem)  # incomplete until the new record is written, last
             written = write_outputs(dest, f.stem, kinds, img, res.masks, str(f.path), res.flows,
-                                    res.cellprob, res.diameter, res.classes, class_names(seg.spec))
+                                    res.cellprob, res.diameter, res.classes, class_names(seg.spec),
+                                    res.outputs.get("restored"))
             write_record(dest, f.stem, kinds, written, f.path)
         except (ValueError, OSError, RuntimeError) as e:
             b.failed.append(str(f.path))
@@ -567,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--diameter", type=_num(checks.number, lo=0.0, hi=checks.LIMITS["diameter"]), default=None,
                    help=f"typical cell diameter in pixels, 0 to {checks.LIMITS['diameter']:g}; default: estimated "
                         "with the model's size model (no resizing for models without one); 0 = no resizing")
+    s.add_argument("--restore", default=None, metavar="MODEL",
+                   help="restore each channel with this restoration model before segmenting, on the same device "
+                        "(bundled oneclick_nuclei, a fastpose restoration file, or a Cellpose3 file such as "
+                        "denoise_cyto3: a path, or the name of one in Cellpose's model folder ~/.cellpose/models); "
+                        "--save restored writes the restored image; default: none")
     s.add_argument("--channels", type=_num(checks.integer, lo=0), nargs="+", default=None, metavar="C",
                    help="0-based input channels fed to the network, in order (default: the first ones)")
     s.add_argument("--channel-axis", type=_num(checks.axis), default=None,
@@ -623,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_segment)
     from .train.cli import add_parser as _add_train
     _add_train(sub)
+    from .restore.cli import add_parsers as _add_restore
+    _add_restore(sub)
     s = sub.add_parser("export", help="export a model to ONNX and/or a TensorRT engine",
                        description="Export MODEL (bundled name or model file) to ONNX with a fixed tile and a "
                                    "dynamic batch axis (outputs flows_cellprob [B,3,T,T] and style), optionally "

@@ -32,7 +32,7 @@ log = logging.getLogger("fastpose")
 #: each output kind and the end of its file name (``<stem><end>``)
 OUTPUT_FILES: Dict[str, str] = {"masks": "_masks.tif", "outlines_png": "_outlines.png",
                                 "outlines_txt": "_outlines.txt", "rois": "_rois.zip", "seg_npy": "_seg.npy",
-                                "csv": "_cells.csv"}
+                                "csv": "_cells.csv", "restored": "_restored.tif"}
 OUTPUT_KINDS = tuple(OUTPUT_FILES)
 #: kinds drawn from 2D masks only (not written for volumes)
 KINDS_2D = ("outlines_png", "outlines_txt", "rois")
@@ -256,8 +256,11 @@ def write_seg_npy(path: Path, image_path: str, masks: np.ndarray, flows: Optiona
 def write_outputs(out_dir: Path, stem: str, kinds: Sequence[str], image: np.ndarray, masks: np.ndarray,
                   image_path: str = "", flows: Optional[np.ndarray] = None, cellprob: Optional[np.ndarray] = None,
                   diameter: Optional[float] = None, classes: Optional[np.ndarray] = None,
-                  class_names: Optional[Sequence[str]] = None) -> List[Path]:
+                  class_names: Optional[Sequence[str]] = None, restored: Optional[np.ndarray] = None) -> List[Path]:
     """Write the requested output kinds (see OUTPUT_KINDS) for one image; returns the paths written.
+
+    ``restored``: the restored image (segmentation with a restoration model), written as float32 TIFF for the
+    kind ``"restored"`` (a ValueError when it is asked for without one).
 
     Panoptic models: ``classes`` (class id per mask id, :attr:`SegmentResult.classes`) and ``class_names``
     (background first) add the class to the CSV (a ``class`` column), the ROI names, ``_seg.npy`` and colour
@@ -289,6 +292,11 @@ def write_outputs(out_dir: Path, stem: str, kinds: Sequence[str], image: np.ndar
     if "seg_npy" in kinds:
         written.append(write_seg_npy(dest("seg_npy"), image_path, masks, flows, cellprob, diameter, classes,
                                      class_names))
+    if "restored" in kinds:
+        if restored is None:
+            raise ValueError("the restored image was asked for (--save restored) but no restoration model ran "
+                             "(--restore MODEL)")
+        written.append(write_tiff_atomic(dest("restored"), np.asarray(restored, np.float32)))
     if "csv" in kinds:
         img = np.asarray(image)
         written.append(write_csv(dest("csv"), masks, img if img.shape[:masks.ndim] == masks.shape else None,
