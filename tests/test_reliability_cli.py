@@ -84,11 +84,37 @@ NUMERIC = [
     ("export", "--rtol", ["nan", "0", "-1", "2", "x"]),
     ("export", "--batch-size", ["nan", "0", "1e9", "1.5", "x"]),
     ("export", "--workspace-gb", ["nan", "0", "-1", "1e9", "x"]),
+    ("restore", "--diameter", ["nan", "-1", "1e6", "inf", "x"]),
+    ("restore", "--channel-axis", ["nan", "9", "-9", "1.5", "x"]),
+    ("restore", "--z-axis", ["nan", "9", "-9", "1.5", "x"]),
+    ("restore", "--channels", ["nan", "-1", "0.5", "x"]),
+    ("restore", "--tile-overlap", ["nan", "-0.1", "0.9", "x"]),
+    ("restore", "--batch-size", ["nan", "0", "5000", "1.5", "x"]),
+    ("train-restore", "--holdout-every", ["nan", "0", "-1", "1.5", "x"]),
+    ("train-restore", "--channel-axis", ["nan", "9", "-9", "1.5", "x"]),
+    ("train-restore", "--min-masks", ["nan", "-1", "1.5", "x"]),
+    ("train-restore", "--limit", ["nan", "0", "-1", "1.5", "x"]),
+    ("train-restore", "--nbase", ["nan", "0", "-8", "1.5", "x"]),
+    ("train-restore", "--diam-mean", ["nan", "0", "-1", "inf", "x"]),
+    ("train-restore", "--lam", ["nan", "-1", "inf", "x"]),
+    ("train-restore", "--steps", ["nan", "0", "-1", "1.5", "x"]),
+    ("train-restore", "--time-budget", ["nan", "0", "-1", "inf", "x"]),
+    ("train-restore", "--lr", ["nan", "0", "-1", "inf", "x"]),
+    ("train-restore", "--weight-decay", ["nan", "-1", "inf", "x"]),
+    ("train-restore", "--batch-size", ["nan", "0", "5000", "1.5", "x"]),
+    ("train-restore", "--tile", ["nan", "0", "-16", "1e9", "x"]),
+    ("train-restore", "--val-every", ["nan", "-1", "1.5", "x"]),
+    ("train-restore", "--n-val", ["nan", "0", "-1", "1.5", "x"]),
+    ("train-restore", "--threads", ["nan", "0", "-1", "1.5", "x"]),
+    ("train-restore", "--seed", ["nan", "-1", "1.5", "x"]),
 ]
 
 
 def _argv(cmd: str, flag: str, value: str) -> List[str]:
-    base = ["segment", "in", "--out", "o"] if cmd == "segment" else ["export", "nuclei", "--out", "m.onnx"]
+    base = {"segment": ["segment", "in", "--out", "o"], "export": ["export", "nuclei", "--out", "m.onnx"],
+            "restore": ["restore", "in", "--out", "o"], "train-restore": ["train-restore", "--out", "o.pth"]}[cmd]
+    if flag == "--lam":  # three values: the hostile one first
+        return base + [flag, value, "1", "0"]
     return base + [f"{flag}={value}"]
 
 
@@ -96,7 +122,7 @@ def test_every_numeric_flag_of_cli_py_is_in_the_table():
     parser = build_parser()
     subs = next(a for a in parser._actions if a.dest == "cmd").choices
     have = {(c, f) for c, f, _ in NUMERIC}
-    for cmd in ("segment", "export", "demo", "info"):
+    for cmd in ("segment", "export", "demo", "info", "restore", "train-restore"):
         for a in subs[cmd]._actions:
             if a.option_strings and a.type is not None and a.dest not in ("save",):
                 assert (cmd, max(a.option_strings, key=len)) in have, (cmd, a.option_strings)

@@ -10,6 +10,7 @@ Examples::
     fastpose-bench net --arch unet            # network step: tiles/s per backend and precision
     fastpose-bench sam --arch vit_l           # Cellpose-SAM-style segmentation (+ cellpose 4.x)
     fastpose-bench memory --sizes 2048 5000   # peak memory of 2D segmentation against image size
+    fastpose-bench restore --data /path/to/dsb2018/train   # AP won back by restoration on degraded nuclei
 
 Every figure is the median of ``--repeats`` runs after one warm-up run; GPU timings synchronise the
 device.  Peak memory is the growth of the process's peak resident set (Linux) during the call.
@@ -98,6 +99,36 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-memory", default="auto", help="memory budget passed to the Segmenter (default: its own)")
     m.add_argument("--phases", choices=["all", "maps"], default="all", help="'maps': skip mask recovery")
     m.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    r = sub.add_parser("restore", help="Cellpose-SAM's degradation benchmark on held-out nuclei: AP@0.5 of clean, "
+                                       "degraded and restored-then-segmented images, and restoration throughput")
+    r.add_argument("--data", required=True, metavar="DIR",
+                   help="folder of *_img.tif / *_masks.tif pairs (DSB 2018 stage-1 train for the nuclei recipe's "
+                        "split)")
+    r.add_argument("--restore", default="oneclick_nuclei", metavar="MODEL",
+                   help="restoration model: bundled name or file (default oneclick_nuclei)")
+    r.add_argument("--model", default="nuclei", help="segmentation model: bundled name or file (default nuclei)")
+    r.add_argument("--holdout-every", type=_int(1, 1_000_000), default=10, metavar="N",
+                   help="the held-out images: ids whose SHA-1 is 0 mod N, the bundled sample excluded (default 10, "
+                        "the nuclei recipe's split)")
+    r.add_argument("--limit", type=_int(1, 10_000_000), default=None, metavar="N",
+                   help="only the first N held-out images (smoke runs)")
+    r.add_argument("--conditions", nargs="+", default=None, metavar="NAME",
+                   help="degradation conditions (default all nine: poisson_5 poisson_2.5 poisson_0.5 blur_2 blur_4 "
+                        "blur_8 downsample_2 downsample_5 downsample_10)")
+    r.add_argument("--seed", type=_int(0, 2 ** 62), default=0, help="base of the per-image noise seeds (default 0)")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where segmentation and restoration run (auto: the GPU when present); the throughput is "
+                        "timed there (auto: the CPU and, when present, the GPU)")
+    r.add_argument("--backend", choices=["auto", "torch", "compile", "onnxruntime", "tensorrt"], default="auto",
+                   help="network backend (default auto: onnxruntime on the CPU, torch on a GPU)")
+    r.add_argument("--batch-size", type=_int(1, checks.LIMITS["batch_size"]), default=8)
+    r.add_argument("--repeats", type=_int(0, 1000), default=3,
+                   help="timed restorations per device after a warm-up (default 3; 0: no throughput)")
+    r.add_argument("--size", type=_int(16, 32768), default=1024, help="side of the throughput image (default 1024)")
+    r.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    r.add_argument("--card", metavar="PATH",
+                   help="merge the results into this model card (JSON) as validation.degradation_benchmark, "
+                        "atomically")
     return p
 
 
@@ -143,6 +174,19 @@ def _run(args: argparse.Namespace) -> int:
         print_memory_table(res)
         if args.json:
             atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+        return 0
+    if args.cmd == "restore":
+        from .restore import bench_restore, check_card, merge_into_card, print_restore_table
+        if args.card:
+            check_card(args.card)  # a bad --card fails before the benchmark runs
+        res = bench_restore(args.data, args.restore, args.model, holdout_every=args.holdout_every, limit=args.limit,
+                            conditions=args.conditions, seed=args.seed, device=args.device, backend=args.backend,
+                            repeats=args.repeats, throughput_size=args.size, batch_size=args.batch_size)
+        print_restore_table(res)
+        if args.json:
+            atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+        if args.card:
+            merge_into_card(args.card, res)
         return 0
     if args.cmd == "net":
         from .net import bench_net
