@@ -147,7 +147,7 @@ def test_record_status_finds_every_kind_of_incomplete(tmp_path: Path):
 
 
 def test_output_kinds_are_the_documented_ones():
-    assert OUTPUT_KINDS == ("masks", "outlines_png", "outlines_txt", "rois", "seg_npy", "csv")
+    assert OUTPUT_KINDS == ("masks", "outlines_png", "outlines_txt", "rois", "seg_npy", "csv", "restored")
 
 
 # ---- temporary files -----------------------------------------------------------------------------

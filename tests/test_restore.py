@@ -253,3 +253,33 @@ def test_training_learns_to_denoise(tmp_path):
     err_in = float(((noisy - clean) ** 2).mean())
     err_out = float(((out - clean) ** 2).mean())
     assert err_out < 0.7 * err_in, (err_out, err_in)
+
+
+def test_cli_train_restore_writes_model_and_card(tmp_path):
+    import json
+
+    from fastpose.synthetic import random_labels
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        lab = random_labels((96, 96), 10, diameter=17.0, seed=i)
+        tifffile.imwrite(data / f"s{i}_img.tif", ((lab > 0) * 200 + 20).astype(np.uint8))
+        tifffile.imwrite(data / f"s{i}_masks.tif", lab.astype(np.uint16))
+    torch.manual_seed(6)
+    save_model(tmp_path / "seg.pth", UNet([2, 8, 16, 32, 64], nout=3, diam_mean=17.0))
+    out = tmp_path / "r.pth"
+    cmd = [sys.executable, "-m", "fastpose.cli", "train-restore", "--data", str(data), "--seg-model",
+           str(tmp_path / "seg.pth"), "--nbase", "1", "8", "16", "32", "64", "--tile", "64", "--batch-size", "2",
+           "--steps", "3", "--holdout-every", "2", "--val-every", "3", "--n-val", "2", "--kind", "blur",
+           "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--card", "--out", str(out), "-q"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    m, meta = load_model(out)
+    assert meta["spec"]["family"] == "restore" and meta["arch"]["nbase"] == [1, 8, 16, 32, 64]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["kind"] == "restoration" and card["training"]["kind"] == "blur"
+    assert card["training"]["steps_done"] == 3 and card["reproduce"].startswith("fastpose train-restore --data")
+    assert card["recipe"]["tile"] == 64 and card["validation"] == {}
+    bad = subprocess.run(cmd[:-4] + ["--kind", "fog", "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--kind" in bad.stderr

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import checks
 
-__all__ = ["add_parsers", "run_restore", "run_train", "RECIPES"]
+__all__ = ["add_parsers", "run_restore", "run_train", "write_restore_card", "RECIPES"]
 
 log = logging.getLogger("fastpose")
 
@@ -144,6 +144,9 @@ def add_parsers(sub: "argparse._SubParsersAction") -> None:
     g.add_argument("--threads", type=_INT1, default=None, help="PyTorch CPU threads (default: PyTorch's)")
     g.add_argument("--half", action=argparse.BooleanOptionalAction, default=False,
                    help="store the weights in float16 (half the file size)")
+    g.add_argument("--card", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the model card <out>.json (training record; fastpose-bench restore --card adds the "
+                        "degradation benchmark; default: on with --recipe)")
     g.add_argument("--seed", type=_INT0, default=0, help="random seed (default 0)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=run_train)
@@ -239,4 +242,27 @@ def run_train(args: argparse.Namespace) -> int:
     info["weights"] = "best validation loss" if res.best_path is not None else "last step"
     save_model(out, net, meta={"diam_mean": meta["diam_mean"], "extra": {"restore": info}}, half=bool(args.half))
     log.info("wrote %s (%s weights; %d steps in %.0f s)", out, info["weights"], info["steps_done"], info["seconds"])
+    if args.card if args.card is not None else bool(args.recipe):
+        write_restore_card(out, out.with_suffix(".json"), name=out.stem, data=src.description,
+                           reproduce=command or "fastpose train-restore ...", recipe=opts)
+        log.info("wrote the model card %s", out.with_suffix(".json"))
     return 0
+
+
+def write_restore_card(model: Any, card_path: Any, *, name: str, data: str, reproduce: str,
+                       recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """Write the card of a restoration model file (every field from code: the file's metadata and training
+    record, the data, the command and options that trained it); its ``validation`` is empty until
+    ``fastpose-bench restore --card`` merges the degradation benchmark in.  Returns the card."""
+    import fastpose
+
+    from ..models import load_model
+    from ..train.card import build_card, write_card
+
+    _, meta = load_model(model)
+    training = dict((meta.get("extra") or {}).get("restore") or {})
+    card = build_card(name=name, meta=meta, data=data, reproduce=reproduce, recipe=recipe, training=training,
+                      validation={}, written_by=f"fastpose {fastpose.__version__} train-restore")
+    card["kind"] = "restoration"
+    write_card(card_path, card)
+    return card
