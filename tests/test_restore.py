@@ -120,7 +120,8 @@ def test_segment_with_restore_equals_restore_then_segment(rnet_path, sample):
 
 
 def test_restore_in_streams_and_volumes(rnet_path, sample):
-    seg = fastpose.Segmenter("nuclei", device="cpu", backend="torch", restore=str(rnet_path))
+    seg = fastpose.Segmenter("nuclei", device="cpu", backend="torch",
+                             restore=Restorer(rnet_path, device="cpu", backend="torch"))  # a Restorer works too
     one = seg.segment(sample, diameter=20.0)
     many = list(seg.segment_many([sample, sample[:100, :120], sample], diameter=20.0))
     assert np.array_equal(many[0].masks, one.masks) and np.array_equal(many[2].masks, one.masks)

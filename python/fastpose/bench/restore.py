@@ -171,11 +171,11 @@ def throughput(restore: Any, devices: Sequence[str], size: int = 1024, repeats: 
     out: List[Timing] = []
     for dev in devices:
         r = Restorer(restore, device=dev, batch_size=batch_size, backend=backend)
-        be = r.net_runner.backend
+        be = r.segmenter.backend
         t = time_call(f"restore[{size}x{size}, {be}]", dev, lambda: r.restore(img, diameter=r.diam_mean), repeats,
                       _sync_for(dev))
         t.extra.update({"megapixels_per_s": size * size / 1e6 / t.median_s, "backend": be,
-                        "precision": r.net_runner.precision})
+                        "precision": r.segmenter.precision})
         out.append(t)
     return out
 

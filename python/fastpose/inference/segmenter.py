@@ -69,7 +69,7 @@ class Segmenter:
         when an image arrives; see :mod:`fastpose.inference.budget`).  Images whose whole-image path would
         exceed it are tiled from the original array within a bounded working set (the same maps); beyond what
         that needs, a ValueError gives the estimate and what to do.
-    restore : str, path, torch.nn.Module or Segmenter, optional
+    restore : str, path, torch.nn.Module, Segmenter or fastpose.restore.Restorer, optional
         A restoration model run on each channel before this model (:meth:`restore_prepared`; see
         :func:`segment`).
 
@@ -135,6 +135,8 @@ class Segmenter:
         #: None; see :meth:`restore_prepared`
         self.restorer: Optional["Segmenter"] = None
         if restore is not None:
+            if isinstance(getattr(restore, "segmenter", None), Segmenter):  # a fastpose.restore.Restorer
+                restore = restore.segmenter
             pre = restore if isinstance(restore, Segmenter) else Segmenter(
                 restore, device=device, precision=precision, batch_size=batch_size, backend=backend,
                 max_memory=max_memory)
@@ -178,7 +180,10 @@ class Segmenter:
     def run_net(self, imgs: torch.Tensor, augment: bool = False,
                 tile_overlap: float = 0.1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Tiled network outputs of a batch [B, C, Y, X] of equally sized normalised images: (maps [B, n_outputs,
-        Y, X] float32 on the core's device, styles [B, S] or None); see :func:`.tiled.run_tiled`."""
+        Y, X] float32 on the core's device, styles [B, S] or None); see :func:`.tiled.run_tiled`, or the family's own
+        ``run_net`` when it has one (networks the generic tiling cannot run; see :class:`fastpose.methods.Family`)."""
+        if self.family.run_net is not None:
+            return self.family.run_net(self, imgs, augment, tile_overlap)
         return run_tiled(self.runners, imgs, self.spec, net_device=self.device,
                          core_device=torch.device(self.core_device), batch_size=self.batch_size,
                          precision=self.precision, augment=augment, tile_overlap=tile_overlap)
@@ -310,6 +315,10 @@ class Segmenter:
         """:meth:`maps` of one prepared image (a :class:`~fastpose.transforms.LazyImage` or a float32 [C, Y, X]
         array) by the bounded path (:func:`.tiled.run_tiled_bounded`): the same maps, float32 [n_outputs, Y, X]
         in one preallocated CPU tensor; ValueError when even that exceeds the memory budget."""
+        if self.family.run_net is not None:
+            raise ValueError(f"this {self.family.name} model runs its network itself (not through the generic "
+                             "tiles), which has no bounded-memory path: the image is above the memory budget "
+                             "(max_memory); raise the budget or segment the image in parts")
         plan = self.memory_plan(x.shape[-2:], rescale, augment, tile_overlap, prepared=True)
         lazy = isinstance(x, LazyImage)
         if rescale != 1.0:  # not tiled yet: the whole-image path, if the budget allows it
@@ -325,9 +334,10 @@ class Segmenter:
 
     def recover(self, maps: torch.Tensor, style: Optional[torch.Tensor], rescale: float, diameter: Optional[float],
                 options: Mapping[str, Any], return_flows: bool) -> SegmentResult:
-        """The family's post-processing of one image's maps (runs on the core's device)."""
-        fields = self.family.postprocess(maps, rescale=rescale, options=methods.options_for(self.family, options),
-                                         return_maps=return_flows)
+        """The family's post-processing of one image's maps (runs on the core's device), with the model's own
+        settings (``spec.settings``) updated by the options the family reads."""
+        opts = {**self.spec.settings, **methods.options_for(self.family, options)}
+        fields = self.family.postprocess(maps, rescale=rescale, options=opts, return_maps=return_flows)
         styles = None if style is None else style.detach().float().cpu().numpy()
         return SegmentResult(styles=styles, diameter=diameter, **fields)
 

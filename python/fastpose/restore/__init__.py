@@ -73,15 +73,16 @@ class Restorer:
                  batch_size: int = 8, backend: str = "auto") -> None:
         from ..inference import Segmenter
 
-        self.net_runner = Segmenter(model, device=device, precision=precision, batch_size=batch_size,
-                                    backend=backend)
-        self.spec = self.net_runner.spec
+        #: the generic data path running the restoration network (also what ``Segmenter(restore=...)`` takes)
+        self.segmenter = Segmenter(model, device=device, precision=precision, batch_size=batch_size,
+                                   backend=backend)
+        self.spec = self.segmenter.spec
         if self.spec.family != "restore":
             raise ValueError(f"{_describe(model)} is a {self.spec.family!r} model (outputs "
                              f"{', '.join(self.spec.outputs)}), not a restoration model: pass it as model=, and a "
                              "restoration model (e.g. 'oneclick_nuclei') as restore=")
-        self.device = self.net_runner.device
-        self.core_device = torch.device(self.net_runner.core_device)
+        self.device = self.segmenter.device
+        self.core_device = torch.device(self.segmenter.core_device)
 
     @property
     def diam_mean(self) -> float:
@@ -99,7 +100,7 @@ class Restorer:
         by ``diam_mean / diameter``, tiled through the network and resized back (``scale="input"``) or left at
         the network's scale (``scale="model"``); constant channels pass through.  Returns float32
         [B, C, Y', X'] on the core's device (:meth:`~fastpose.inference.Segmenter.channelwise`)."""
-        return self.net_runner.channelwise(x, diameter, tile_overlap, normalize, scale)
+        return self.segmenter.channelwise(x, diameter, tile_overlap, normalize, scale)
 
     def restore(self, image: Any, *, diameter: Optional[float] = None, channel_axis: Optional[int] = None,
                 z_axis: Optional[int] = None, channels: Optional[Sequence[int]] = None, tile_overlap: float = 0.1,
