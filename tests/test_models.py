@@ -350,7 +350,7 @@ def test_unknown_name_and_builtin_registry(tmp_path, monkeypatch):
     p = save_model(tmp_path / "tiny.pth", UNet([2, 4, 8]), {"diam_mean": 12.0})
     monkeypatch.setitem(BUILTIN_MODELS, "tiny", str(p))
     monkeypatch.setitem(BUILTIN_MODELS, "lazy", lambda: p)
-    with pytest.raises(ValueError, match="cyto, lazy, nuclei, tiny"):
+    with pytest.raises(ValueError, match="cyto, lazy, nuclei, oneclick_nuclei, tiny"):
         load_model("no_such_model_xyz")
     for name in ("tiny", "lazy"):
         m, meta = load_model(name, device="cpu")

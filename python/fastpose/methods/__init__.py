@@ -6,6 +6,10 @@ tiles, blending, flip TTA, streaming and 3D for any spec, then hands the maps to
 
     postprocess(maps, rescale=..., options=..., return_maps=...) -> {"masks": ..., other SegmentResult fields}
 
+(``options``: the model's ``spec.settings`` updated with the caller's options the family reads.)  A family
+whose network the generic tiling cannot run gives its own ``run_net`` (Cellulus); the rest of the data path
+(preparation, resizing by diameter, streaming, 3D from slices) stays the same.
+
 ``maps`` is a float32 tensor ``[len(spec.outputs), *spatial]`` on the core's device, at the input image's size,
 with the flow channels first (2D: ``[flow_y, flow_x, ...]``; 3D: ``[flow_z, flow_y, flow_x, ...]``).  Adding a
 family is :func:`register_family` with a spec that names it; no edit of the tiling or streaming code.
@@ -37,20 +41,28 @@ class Family:
         ``(segmenter, x, augment, tile_overlap) -> diameter`` for a prepared image ``x`` [C, Y, X]; families
         without one run at the given diameter (or without resizing when none is given).
     options : tuple of str
-        Names of the post-processing options the family reads (the rest are ignored).
+        Names of the post-processing options the family reads (the rest are ignored).  The model's own
+        ``spec.settings`` reach ``postprocess`` too, under these.
+    run_net : callable, optional
+        ``(segmenter, imgs [B, C, Y, X], augment, tile_overlap) -> (maps [B, n_outputs, Y, X] float32 on the
+        core's device, styles or None)`` for families whose networks the generic tiling cannot run (Cellulus:
+        valid convolutions that shrink their input by 16 px, and a 32-prediction noise ensemble per window);
+        None (the default): the generic tiled path (:func:`fastpose.inference.tiled.run_tiled`).  Such families
+        have no bounded-memory path for images above the memory budget.
     """
 
     name: str
     postprocess: PostProcess
     estimate_diameter: Optional[Callable[..., float]] = None
     options: tuple = ()
+    run_net: Optional[Callable[..., Any]] = None
 
 
 FAMILIES: Dict[str, Family] = {}
 
 #: families shipped with fastpose: name -> module that registers it when first imported
 BUILTIN_FAMILIES: Dict[str, str] = {"cellpose": "fastpose.methods.cellpose", "panoptic": "fastpose.methods.panoptic",
-                                    "restore": "fastpose.methods.restore"}
+                                    "restore": "fastpose.methods.restore", "cellulus": "fastpose.methods.cellulus"}
 
 
 def register_family(family: Family) -> Family:

@@ -55,9 +55,9 @@ from .unet import UNet
 from .vit import VIT_PRESETS, ViT
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BUILTIN_MODELS", "DEFAULT_NORMALIZE", "ARCHITECTURES", "Architecture",
-           "register_architecture", "build_model", "spec_of", "save_model", "load_model", "model_from_state_dict",
-           "resolve_model_path", "ModelNotFoundError", "CELLPOSE_NAMES", "CELLPOSE_RESTORE_NAMES",
-           "cellpose_model_dir"]
+           "BUILTIN_ARCHITECTURES", "register_architecture", "build_model", "spec_of", "save_model", "load_model",
+           "model_from_state_dict", "resolve_model_path", "ModelNotFoundError", "CELLPOSE_NAMES",
+           "CELLPOSE_RESTORE_NAMES", "cellpose_model_dir"]
 
 log = logging.getLogger("fastpose.models")
 
@@ -131,20 +131,38 @@ ARCHITECTURES: Dict[str, Architecture] = {
 }
 
 
+#: architectures shipped with fastpose outside this package: ``arch["type"]`` -> the module that registers it
+#: (:func:`register_architecture`) when first imported, so their files load without importing it first
+BUILTIN_ARCHITECTURES: Dict[str, str] = {"cellulus": "fastpose.cellulus.network"}
+
+
 def register_architecture(name: str, build: Callable[..., nn.Module],
                           spec_defaults: Callable[[nn.Module], Dict[str, Any]]) -> None:
     """Make ``arch={"type": name, **kwargs}`` loadable: ``build(diam_mean=..., **kwargs)`` builds the network."""
     ARCHITECTURES[str(name)] = Architecture(build, spec_defaults)
 
 
+def _architecture(kind: Any) -> Optional[Architecture]:
+    """The registered architecture ``kind`` (importing its module for :data:`BUILTIN_ARCHITECTURES`), or None."""
+    if kind not in ARCHITECTURES and isinstance(kind, str) and kind in BUILTIN_ARCHITECTURES:
+        import importlib
+
+        importlib.import_module(BUILTIN_ARCHITECTURES[kind])
+    return ARCHITECTURES.get(kind)
+
+
+def _known_types() -> str:
+    return ", ".join(map(repr, sorted(set(ARCHITECTURES) | set(BUILTIN_ARCHITECTURES))))
+
+
 def build_model(arch: Mapping[str, Any], diam_mean: float = 30.0) -> nn.Module:
     """Construct an untrained network from an ``arch`` dict (``{"type": <registered name>, **kwargs}``)."""
     if not isinstance(arch, Mapping) or "type" not in arch:
-        raise ValueError(f"arch must be a dict with a 'type' of {' or '.join(map(repr, ARCHITECTURES))}, got {arch!r}")
+        raise ValueError(f"arch must be a dict with a 'type' of {_known_types()}, got {arch!r}")
     kw = {k: v for k, v in arch.items() if k != "type"}
-    entry = ARCHITECTURES.get(arch["type"])
+    entry = _architecture(arch["type"])
     if entry is None:
-        raise ValueError(f"unknown arch type {arch['type']!r}; expected one of {', '.join(map(repr, ARCHITECTURES))}")
+        raise ValueError(f"unknown arch type {arch['type']!r}; expected one of {_known_types()}")
     try:
         return entry.build(diam_mean=diam_mean, **kw)
     except TypeError as e:  # unknown / missing kwargs
@@ -173,7 +191,7 @@ def spec_of(net: nn.Module, meta: Optional[Mapping[str, Any]] = None) -> ModelSp
 def _inferred_spec(net: nn.Module, meta: Mapping[str, Any]) -> ModelSpec:
     arch = dict(meta.get("arch") or (net.arch() if callable(getattr(net, "arch", None)) else {}) or {})
     kind = arch.get("type", "unet")
-    entry = ARCHITECTURES.get(kind)
+    entry = _architecture(kind)
     if entry is None:
         raise ValueError(f"no spec stored and unknown arch type {kind!r}: cannot tell how to run this network")
     fields = dict(entry.spec_defaults(net))

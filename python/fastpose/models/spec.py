@@ -5,7 +5,10 @@ architecture a network belongs to.  A family (``fastpose.methods``) adds what to
 
     image -> channels (nchan, channels) -> normalise (normalize) -> resize (rescale_by_diameter, diam_mean)
           -> pad (pad_multiple, pad_to_tile) -> tiles (tile) -> network -> blend (flow_channels un-flipped)
-          -> outputs [len(outputs), Y, X] -> the family's post-processing (family)
+          -> outputs [len(outputs), Y, X] -> the family's post-processing (family, with the model's settings)
+
+A family whose network does not fit the tiles (Cellulus: valid convolutions, a noise ensemble) runs it itself
+(``fastpose.methods.Family.run_net``) and the rest of the path stays the same.
 
 Model files written by fastpose store the spec (``"spec"``); Cellpose checkpoints and fastpose files written
 before the spec existed get one inferred at load from their architecture (see ``models.files``).
@@ -65,6 +68,11 @@ class ModelSpec:
     pad_border : int
         Extra zero padding on every side before tiling, pixels (0; 8 for restoration models: Cellpose 3's
         ``run_net`` pads by a multiple of 16 plus 8 px per side, and restoration is checked against it).
+    settings : dict
+        The family's own inference settings, stored with the model (plain values: numbers, strings, bools, None,
+        lists): Cellulus's object size, noise ensemble, clustering and post-processing.  The segmenter hands
+        them to the family's post-processing under the caller's options (``Segmenter.recover``).  Empty for the
+        Cellpose families; written to a file only when not empty.
     """
 
     family: str = "cellpose"
@@ -78,6 +86,7 @@ class ModelSpec:
     diam_mean: float = 30.0
     normalize: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_NORMALIZE))
     pad_border: int = 0
+    settings: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = []
@@ -97,6 +106,12 @@ class ModelSpec:
                              f"{self.outputs!r} and {self.flow_channels!r}") from None
         if not isinstance(self.normalize, Mapping) and self.normalize is not None:
             raise ValueError(f"invalid model spec: normalize must be a dict, got {self.normalize!r}")
+        if not isinstance(self.settings, Mapping) and self.settings is not None:
+            raise ValueError(f"invalid model spec: settings must be a dict, got {self.settings!r}")
+        settings = dict(self.settings or {})
+        if any(not isinstance(k, str) for k in settings):
+            raise ValueError(f"invalid model spec: settings keys must be names, got {sorted(map(repr, settings))}")
+        object.__setattr__(self, "settings", settings)
         norm = dict(DEFAULT_NORMALIZE)
         norm.update(dict(self.normalize or {}))
         object.__setattr__(self, "normalize", norm)
@@ -150,6 +165,10 @@ class ModelSpec:
         d = asdict(self)
         d["outputs"] = list(self.outputs)
         d["flow_channels"] = list(self.flow_channels)
+        if not self.settings:  # files of families without settings stay as they were
+            del d["settings"]
+        else:
+            d["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.settings.items()}
         return d
 
     @classmethod
