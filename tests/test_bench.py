@@ -167,3 +167,18 @@ def test_bench_flags_are_checked_naming_the_flag(argv, flag, capsys):
 def test_bench_input_errors_are_one_sentence(tmp_path: Path, capsys, caplog):
     rc = main(["segment", "--files", str(tmp_path / "missing.tif"), "--no-cellpose", "--no-torch"])
     assert rc == 2 and "cannot read" in caplog.text and "missing.tif" in caplog.text
+
+
+def test_bench_meanshift_small(tmp_path: Path):
+    """fastpose beside scikit-learn on a small image: both rows, the speed-up from them, the labels compared."""
+    pytest.importorskip("sklearn")
+    out = tmp_path / "ms.json"
+    assert main(["meanshift", "--size", "128", "--objects", "8", "--repeats", "1", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    row = {t["name"]: t for t in res["timings"]}
+    ours, theirs = row["fastpose mean_shift[128x128, bin seeds]"], row["sklearn MeanShift[128x128, bin seeds]"]
+    assert res["ratios"]["fastpose cpu vs scikit-learn"] == theirs["median_s"] / ours["median_s"]
+    agree = res["inputs"]["meanshift"]["agreement_with_sklearn"]
+    assert agree["labels_identical"] and agree["adjusted_rand_index"] == 1.0
+    assert res["inputs"]["meanshift"]["fitted_pixels"] == round(0.1 * res["inputs"]["meanshift"]["foreground_pixels"])

@@ -50,5 +50,6 @@ void bind_clustering(py::module_& m);
 void bind_masks(py::module_& m);
 void bind_tiles(py::module_& m);
 void bind_pipeline(py::module_& m);
+void bind_meanshift(py::module_& m);
 
 }  // namespace fastpose

@@ -25,4 +25,5 @@ PYBIND11_MODULE(_core, m) {
   bind_masks(m);
   bind_tiles(m);
   bind_pipeline(m);
+  bind_meanshift(m);
 }

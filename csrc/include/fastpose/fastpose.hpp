@@ -6,6 +6,7 @@
 #include "fastpose/config.hpp"
 #include "fastpose/flows.hpp"
 #include "fastpose/masks.hpp"
+#include "fastpose/meanshift.hpp"
 #include "fastpose/pipeline.hpp"
 #include "fastpose/tiles.hpp"
 #include "fastpose/tracking.hpp"

@@ -11,6 +11,7 @@ Examples::
     fastpose-bench sam --arch vit_l           # Cellpose-SAM-style segmentation (+ cellpose 4.x)
     fastpose-bench memory --sizes 2048 5000   # peak memory of 2D segmentation against image size
     fastpose-bench restore --data /path/to/dsb2018/train   # AP won back by restoration on degraded nuclei
+    fastpose-bench meanshift                  # mean shift of Cellulus-like embeddings (1024x1024) vs scikit-learn
 
 Every figure is the median of ``--repeats`` runs after one warm-up run; GPU timings synchronise the
 device.  Peak memory is the growth of the process's peak resident set (Linux) during the call.
@@ -129,6 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--card", metavar="PATH",
                    help="merge the results into this model card (JSON) as validation.degradation_benchmark, "
                         "atomically")
+    ms = sub.add_parser("meanshift", help="mean-shift clustering of Cellulus-like embeddings of the foreground of a "
+                                          "synthetic image, fastpose beside scikit-learn's MeanShift")
+    ms.add_argument("--size", type=_int(16, 32768), default=1024, help="image side (default 1024)")
+    ms.add_argument("--objects", type=_int(1, checks.LIMITS["synthetic_cells"]), default=400,
+                    help="objects in the image (default 400)")
+    ms.add_argument("--diameter", type=checks.arg(checks.number, lo=2.0, hi=1000.0), default=30.0,
+                    help="mean object diameter in pixels (default 30)")
+    ms.add_argument("--sigma", type=checks.arg(checks.number, lo=0.0, hi=1000.0), default=2.0,
+                    help="embedding noise around each object's centre, pixels (default 2)")
+    ms.add_argument("--bandwidth", type=checks.arg(checks.number, lo=0.0, lo_open=True, hi=1e6), default=15.0,
+                    help="mean-shift bandwidth (default 15: Cellulus' 0.5 x object size 30)")
+    ms.add_argument("--fraction", type=checks.arg(checks.probability, open_low=True), default=0.1,
+                    help="fraction of the foreground pixels the centres are fitted on (default 0.1, as Cellulus)")
+    ms.add_argument("--seeds", choices=["bin", "all"], default="bin",
+                    help="bin: bin seeding (scikit-learn bin_seeding=True, default); all: every fitted pixel")
+    ms.add_argument("--repeats", type=_int(1, 1000), default=3, help="timed runs after a warm-up (default 3)")
+    ms.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto: CPU and, when present, the GPU")
+    ms.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn's MeanShift")
+    ms.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return p
 
 
@@ -195,6 +216,11 @@ def _run(args: argparse.Namespace) -> int:
         from .net import bench_sam
         res = bench_sam(args.arch, args.images, args.size, args.repeats, args.precision, args.batch_size,
                         args.backend, not args.no_cellpose)
+    elif args.cmd == "meanshift":
+        from .meanshift import bench_meanshift
+        devices = None if args.device == "auto" else [args.device]
+        res = bench_meanshift(args.size, args.objects, args.diameter, args.sigma, args.bandwidth, args.fraction,
+                              args.seeds, args.repeats, devices, not args.no_sklearn)
     elif args.cmd == "segment":
         from .segment import bench_segment
         res = bench_segment(args.model, args.images, args.size, args.repeats, args.device, args.precision,

@@ -12,6 +12,8 @@ small inputs (a few hundred pixels square).
 * :func:`get_masks`: histogram-peak clustering of the tracked end points;
 * :func:`fill_holes_and_remove_small_masks`: small-mask removal and per-plane hole filling with scipy;
 * :func:`compute_masks`: the whole chain, composed of the above in the native order;
+* :func:`mean_shift`: flat-kernel mean shift by brute force (every window over all fitted points), with the
+  native op's float32 distances and double window sums;
 * :func:`make_tiles`, :func:`unaugment_tiles`, :func:`taper_mask`, :func:`average_tiles`,
   :func:`blend_tiles`: a NumPy port of Cellpose 3's ``transforms`` tiling functions, with Cellpose's
   signatures and return values (not fastpose's :class:`~fastpose.core.TileGrid`).
@@ -29,7 +31,7 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "masks_to_flows", "flow_errors", "remove_bad_flow_masks", "follow_flows", "get_masks",
-    "fill_holes_and_remove_small_masks", "compute_masks",
+    "fill_holes_and_remove_small_masks", "compute_masks", "mean_shift",
     "make_tiles", "unaugment_tiles", "taper_mask", "average_tiles", "blend_tiles",
 ]
 
@@ -248,6 +250,84 @@ def compute_masks(dP: np.ndarray, cellprob: np.ndarray, niter: int = 200, cellpr
     if flow_threshold is not None and flow_threshold > 0 and (lab.ndim == 2 or flow_qc_3d):
         lab = remove_bad_flow_masks(lab, dP, flow_threshold)
     return fill_holes_and_remove_small_masks(lab, min_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Mean shift (scikit-learn's MeanShift with the native op's arithmetic), by brute force
+# ------------------------------------------------------------------------------------------------
+
+def _dist2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared distances of the rows of ``a`` to ``b`` (broadcast) in float32, summed in axis order."""
+    t = (a - b).astype(F32)
+    s = t[..., 0] * t[..., 0]
+    for k in range(1, t.shape[-1]):
+        s = s + t[..., k] * t[..., k]
+    return s
+
+
+def mean_shift(points: np.ndarray, bandwidth: float, seeds=None, min_bin_freq: int = 1, max_iter: int = 300,
+               cluster_all: bool = False, fit_points: Optional[np.ndarray] = None
+               ) -> Tuple[np.ndarray, np.ndarray]:
+    """(labels int64 (N,), centres float32 (K, D)) of :func:`fastpose.core.mean_shift`, by brute force.
+
+    Fitted points ``X = points[fit_points]`` (all without it); seeds: ``"all"``/None every row of ``X``, ``"bin"``
+    the bins ``round(X / bw)`` (float32) with at least ``min_bin_freq`` points at ``bin * bw`` (``X`` itself when
+    every point has a bin of its own), or an array.  Each seed: window = rows of ``X`` with float32 squared
+    distance <= bw^2, mean summed in float64 and rounded to float32, until the squared shift <= (1e-3 bw)^2 or
+    ``max_iter + 1`` moves; a seed with an empty window is dropped.  Modes (identical ones once, with the largest
+    window) sorted by (last window size, coordinates) descending; one within bw of a kept mode is dropped.
+    Labels: the nearest centre (first on ties); -1 beyond bw unless ``cluster_all``.
+    """
+    pts = np.asarray(points, F32)
+    X = pts if fit_points is None else pts[np.asarray(fit_points)]
+    bw = F32(bandwidth)
+    bw2 = F32(np.float64(bw) * np.float64(bw))
+    stop2 = F32((1e-3 * np.float64(bw)) ** 2)
+    if seeds is None or (isinstance(seeds, str) and seeds == "all"):
+        S = X
+    elif isinstance(seeds, str) and seeds == "bin":
+        bins, counts = np.unique(np.rint(X / bw).astype(np.int64), axis=0, return_counts=True)
+        bins = bins[counts >= min_bin_freq]
+        S = X if len(bins) == len(X) else bins.astype(F32) * bw
+    else:
+        S = np.asarray(seeds, F32)
+    modes, sizes = [], []
+    for seed in S:
+        m = np.array(seed, F32)
+        size = 0
+        it = 0
+        while True:
+            within = _dist2(X, m) <= bw2
+            size = int(within.sum())
+            if size == 0:
+                break
+            new = (X[within].astype(np.float64).sum(0) / size).astype(F32)
+            shift2 = _dist2(new, m)
+            m = new
+            if shift2 <= stop2 or it >= max_iter:
+                break
+            it += 1
+        if size:
+            modes.append(m)
+            sizes.append(size)
+    best = {}
+    for m, size in zip(modes, sizes):
+        key = tuple(float(v) for v in m)
+        best[key] = max(best.get(key, 0), size)
+    order = sorted(best.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+    kept: List[np.ndarray] = []
+    for key, _ in order:
+        c = np.array(key, F32)
+        if not any(_dist2(c, k) <= bw2 for k in kept):
+            kept.append(c)
+    if not kept:
+        raise ValueError("no fitted point lies within the bandwidth of any seed")
+    centres = np.stack(kept).astype(F32)
+    d2 = _dist2(pts[:, None, :], centres[None, :, :])
+    labels = d2.argmin(1).astype(np.int64)
+    if not cluster_all:
+        labels[d2.min(1) > bw2] = -1
+    return labels, centres
 
 
 # ------------------------------------------------------------------------------------------------
