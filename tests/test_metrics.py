@@ -94,3 +94,47 @@ def test_bad_inputs():
         metrics.average_precision(np.zeros((3, 3), float), np.zeros((3, 3), int))
     with pytest.raises(ValueError):
         metrics.average_precision([np.zeros((3, 3), int)], [])
+
+
+def test_f1_and_seg_pooled_hand_computed():
+    # image 1: true 1 matched by a prediction shifted by one column (12 px in common, IoU 12 / 20 = 0.6);
+    #          true 2 missed; prediction 2 matches nothing
+    t1, p1 = _img((0, 4, 0, 4), (10, 14, 10, 14)), _img((0, 4, 1, 5), (16, 18, 0, 2))
+    # image 2: the prediction covers exactly half of the true object: IoU 0.5 is no match (IoU > 0.5 needed),
+    #          and |P n G| / |G| = 0.5 is no SEG pair either (> 0.5 needed)
+    t2, p2 = _img((0, 4, 0, 4)), _img((0, 4, 0, 2))
+    # image 3: nothing at all
+    t3 = p3 = np.zeros((20, 20), np.int32)
+    # image 4: a 6x6 prediction holds the whole 4x4 true object: IoU 16 / 36 < 0.5 (no F1 match) but it covers
+    #          all of it, so SEG counts its IoU
+    t4, p4 = _img((1, 5, 1, 5)), _img((0, 6, 0, 6))
+    r = metrics.f1_seg_pooled([t1, t2, t3, t4], [p1, p2, p3, p4])
+    assert (r["tp"], r["fp"], r["fn"], r["n_true"], r["n_pred"], r["n_images"]) == (1, 3, 3, 4, 4, 4)
+    assert r["f1"] == pytest.approx(2 * 1 / (2 * 1 + 3 + 3))
+    assert r["seg_sum"] == pytest.approx(0.6 + 16 / 36)
+    assert r["seg"] == pytest.approx((0.6 + 16 / 36) / 4)
+    # pooled, not the mean of per-image values: image 1 alone has SEG 0.3 (seg_score), image 4 alone 16 / 36
+    assert metrics.seg_score(t1, p1) == pytest.approx(0.3)
+    assert metrics.f1_seg_pooled(t1, p1)["f1"] == pytest.approx(2 / 4)
+    # at IoU >= 0.5 (average_precision's rule) image 2 would be a match; f1_seg_pooled is strict
+    assert metrics.average_precision(t2, p2, [0.5])[1][0, 0] == 1 and metrics.f1_seg_pooled(t2, p2)["tp"] == 0
+    # perfect, and empty everywhere
+    perfect = metrics.f1_seg_pooled([t1, t4], [t1, t4])
+    assert perfect["f1"] == 1.0 and perfect["seg"] == 1.0
+    empty = metrics.f1_seg_pooled(t3, p3)
+    assert empty["f1"] == 1.0 and np.isnan(empty["seg"])
+    with pytest.raises(ValueError, match="2 true vs 1 predicted"):
+        metrics.f1_seg_pooled([t1, t2], [p1])
+    with pytest.raises(ValueError, match="threshold"):
+        metrics.f1_seg_pooled(t1, p1, threshold=float("nan"))
+
+
+def test_strict_matching_below_half_uses_the_optimal_assignment():
+    # a 4x4 true object and two predictions, each exactly one half of it: IoU 8 / 16 = 0.5 each
+    t = _img((0, 4, 0, 4))
+    p = np.zeros((20, 20), np.int32)
+    p[0:4, 0:2], p[0:4, 2:4] = 1, 2
+    ov = metrics.overlap(t, p)
+    assert metrics.true_positives(ov, 0.5) == 1                       # IoU >= 0.5: one of the two halves
+    assert metrics.true_positives(ov, 0.5, strict=True) == 0          # IoU > 0.5: neither
+    assert metrics.true_positives(ov, 0.4, strict=True) == 1          # one-to-one even below 0.5

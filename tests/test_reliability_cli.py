@@ -79,6 +79,7 @@ NUMERIC = [
     ("segment", "--channel-axis", ["nan", "9", "-9", "1.5", "x"]),
     ("segment", "--z-axis", ["nan", "9", "-9", "1.5", "x"]),
     ("segment", "--max-memory", ["nan", "-1", "0", "8XB", "x"]),
+    ("segment", "--object-size", ["nan", "0", "-1", "1e6", "inf", "x"]),
     ("export", "--tile", ["nan", "0", "-16", "1e9", "x"]),
     ("export", "--opset", ["nan", "0", "999", "17.5", "x"]),
     ("export", "--rtol", ["nan", "0", "-1", "2", "x"]),
@@ -107,12 +108,18 @@ NUMERIC = [
     ("train-restore", "--n-val", ["nan", "0", "-1", "1.5", "x"]),
     ("train-restore", "--threads", ["nan", "0", "-1", "1.5", "x"]),
     ("train-restore", "--seed", ["nan", "-1", "1.5", "x"]),
+    # the Cellulus options of `fastpose train` (train's other numeric flags are not in this table yet)
+    ("train", "--fmaps", ["nan", "0", "-1", "1.5", "x"]),
+    ("train", "--crop", ["nan", "0", "38", "63", "1e9", "x"]),
+    ("train", "--steps", ["nan", "0", "-1", "1.5", "x"]),
+    ("train", "--object-size", ["nan", "0", "-1", "inf", "x"]),
 ]
 
 
 def _argv(cmd: str, flag: str, value: str) -> List[str]:
     base = {"segment": ["segment", "in", "--out", "o"], "export": ["export", "nuclei", "--out", "m.onnx"],
-            "restore": ["restore", "in", "--out", "o"], "train-restore": ["train-restore", "--out", "o.pth"]}[cmd]
+            "restore": ["restore", "in", "--out", "o"], "train-restore": ["train-restore", "--out", "o.pth"],
+            "train": ["train", "--out", "o.pth"]}[cmd]
     if flag == "--lam":  # three values: the hostile one first
         return base + [flag, value, "1", "0"]
     return base + [f"{flag}={value}"]

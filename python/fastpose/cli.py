@@ -62,7 +62,8 @@ _FLAGS = {"channel_axis": "--channel-axis", "z_axis": "--z-axis", "do_3D": "--do
           "stitch_threshold": "--stitch-threshold", "flow_threshold": "--flow-threshold",
           "cellprob_threshold": "--cellprob-threshold", "min_size": "--min-size", "batch_size": "--batch-size", "max_memory": "--max-memory",
           "tile_norm": "--tile-norm", "workspace_gb": "--workspace-gb", "channels": "--channels",
-          "diameter": "--diameter", "anisotropy": "--anisotropy", "niter": "--niter", "tile": "--tile",
+          "diameter": "--diameter", "object_size": "--object-size", "anisotropy": "--anisotropy",
+          "niter": "--niter", "tile": "--tile",
           "opset": "--opset", "rtol": "--rtol", "precision": "--precision", "device": "--device"}
 _FLAG_RE = re.compile(r"(?<![\w/\\.-])(" + "|".join(sorted(_FLAGS, key=len, reverse=True))
                       + r")(?![\w/\\.-])(=(\[[^\]]*\]|[^\s,;:)]*))?")  # not inside a path or a word
@@ -142,6 +143,34 @@ def _check_segment_flags(args: argparse.Namespace) -> None:
         raise UsageError("--no-norm and --tile-norm exclude each other: give one of them")
     if "restored" in args.save and not args.restore:
         raise UsageError("--save restored needs --restore MODEL (a restoration model to run before segmenting)")
+    if args.object_size is not None and args.diameter is not None:
+        raise UsageError("--diameter (resize the images so their objects are the model's object size) and "
+                         "--object-size (cluster a Cellulus model's embeddings at another object size, images not "
+                         "resized) exclude each other: give one of them")
+
+
+def _family_flags(args: argparse.Namespace, seg: Any) -> None:
+    """The flags that depend on the model's family, checked once the model is loaded: ``--object-size`` needs a
+    Cellulus model (a UsageError otherwise) and overrides its stored object size; Cellpose-only flags set with a
+    Cellulus model are a logged warning (they are ignored)."""
+    cellulus = seg.spec.family == "cellulus"
+    if args.object_size is not None:
+        if not cellulus:
+            raise UsageError(f"--object-size applies to Cellulus models only; {args.model} is a "
+                             f"{seg.spec.family!r} model (use --diameter for its cell size)")
+        seg.update_settings(object_size=args.object_size)
+    if not cellulus:
+        return
+    defaults = getattr(args, "_cellpose_only", {})
+    given = [f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v:g}" if isinstance(v, float) else
+                                           f" {v}")
+             for k, v in ((k, getattr(args, k)) for k in defaults) if v != defaults[k]]
+    if given:
+        log.warning("%s: Cellpose options that Cellulus models do not use, ignored (the noise ensemble replaces "
+                    "--augment; the smallest object follows the object size, --object-size)", ", ".join(given))
+    st = seg.spec.settings
+    log.info("Cellulus model: object size %g px (bandwidth %g), %s post-processing", st["object_size"],
+             st["bandwidth"] if st.get("bandwidth") else 0.5 * st["object_size"], st["post_processing"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,6 +274,7 @@ def _segment(args: argparse.Namespace, b: _Batch) -> int:
 
     seg = Segmenter(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size,
                     backend=args.backend, max_memory=args.max_memory, restore=args.restore)
+    _family_flags(args, seg)
     log.info("%d image(s); model %s%s on %s (core: %s)", len(todo), args.model,
              f" after restoration by {args.restore}" if args.restore else "", seg.device, seg.core_device)
     kw: Dict[str, Any] = {
@@ -390,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--diameter", type=_num(checks.number, lo=0.0, hi=checks.LIMITS["diameter"]), default=None,
                    help=f"typical cell diameter in pixels, 0 to {checks.LIMITS['diameter']:g}; default: estimated "
                         "with the model's size model (no resizing for models without one); 0 = no resizing")
+    s.add_argument("--object-size", type=_num(checks.number, lo=0.0, lo_open=True, hi=checks.LIMITS["diameter"]),
+                   default=None, metavar="PX",
+                   help="Cellulus models only: the objects' rough diameter in pixels, which sets the mean-shift "
+                        "bandwidth (half of it) and the smallest object kept; the images are not resized "
+                        "(default: the model's own, stored at training; not with --diameter)")
     s.add_argument("--restore", default=None, metavar="MODEL",
                    help="restore each channel with this restoration model before segmenting, on the same device "
                         "(bundled oneclick_nuclei, a fastpose restoration file, or a Cellpose3 file such as "
@@ -448,7 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "redo incomplete ones, and outputs without a record (fastpose before records); "
                         "see below")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_cmd_segment)
+    # the options only Cellpose-style post-processing reads, with their defaults: set otherwise with a Cellulus
+    # model they are a warning (_family_flags)
+    s.set_defaults(func=_cmd_segment, _cellpose_only={k: s.get_default(k) for k in (
+        "flow_threshold", "cellprob_threshold", "min_size", "niter", "augment")})
     from .train.cli import add_parser as _add_train
     _add_train(sub)
     from .restore.cli import add_parsers as _add_restore

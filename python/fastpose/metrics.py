@@ -5,6 +5,7 @@
 * error rate = (FN + FP) / (TP + FN) (Cellpose-SAM), F1 = 2 TP / (2 TP + FP + FN)
 * ``mean_ap``: mean of AP over IoU 0.50:0.05:0.95
 * ``aggregated_jaccard_index`` (AJI), ``seg_score`` (Cell Tracking Challenge SEG)
+* ``f1_seg_pooled``: F1 at IoU > 0.5 and SEG, both pooled over a dataset (Cellulus' evaluation)
 * ``evaluate``: all of them for a dataset, both as per-image means and pooled over images
 * ``panoptic_scores``: AP, error rate and F1 per image and per class, averaged over the classes present in
   each image (Cellpose-SAM's rule for semantic segmentation); ``class_accuracy``: the fraction of matched
@@ -76,11 +77,12 @@ def overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
                    pairs.area_a.astype(np.float64), pairs.area_b.astype(np.float64))
 
 
-def true_positives(ov: Overlap, threshold: float) -> int:
-    """Number of one-to-one matches with IoU >= threshold, maximised over matchings."""
+def true_positives(ov: Overlap, threshold: float, strict: bool = False) -> int:
+    """Number of one-to-one matches with IoU >= threshold (``strict``: IoU > threshold), maximised over
+    matchings."""
     iou = ov.iou
-    ok = iou >= threshold
-    if threshold > 0.5:
+    ok = iou > threshold if strict else iou >= threshold
+    if threshold > 0.5 or (strict and threshold >= 0.5):
         return int(ok.sum())  # IoU > 0.5 pairs are unique on both sides
     if not ok.any():
         return 0
@@ -182,16 +184,51 @@ def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray) -> float:
     return float(C / U) if U else 1.0
 
 
+def _seg_sum(ov: Overlap) -> float:
+    """Sum over true objects of the IoU with the predicted object covering more than half of it (|P n G| / |G|
+    > 0.5: at most one per true object; 0 when none does)."""
+    match = ov.inter > 0.5 * ov.area_true[ov.ti]
+    return float(ov.iou[match].sum())
+
+
 def seg_score(true: np.ndarray, pred: np.ndarray) -> float:
     """Cell Tracking Challenge SEG: mean over true objects of the Jaccard index with the predicted object
-    covering more than half of it (0 when none does)."""
+    covering more than half of it (0 when none does); NaN for an image without true objects."""
     ov = overlap(true, pred)
     if ov.n_true == 0:
         return float("nan")
-    match = ov.inter > 0.5 * ov.area_true[ov.ti]
-    j = np.zeros(ov.n_true + 1)
-    j[ov.ti[match]] = ov.iou[match]
-    return float(j[1:].mean())
+    return _seg_sum(ov) / ov.n_true
+
+
+def f1_seg_pooled(true: Labels, pred: Labels, threshold: float = 0.5) -> Dict[str, Any]:
+    """F1 and SEG pooled over a dataset, as Cellulus' ``evaluate.py`` reports them.
+
+    * F1: a predicted and a true object match when their IoU is *above* ``threshold`` (one-to-one, maximised
+      over matchings: :func:`true_positives` with ``strict``); ``f1 = 2 sum TP / (2 sum TP + sum FP + sum FN)``
+      over all images (1.0 when there are no objects at all).
+    * SEG: the sum over every true object of every image of the IoU with the predicted object covering more
+      than half of it (0 when none does), divided by the number of true objects (NaN without any).
+
+    ``true``, ``pred``: a label image each or lists of them (as :func:`average_precision`).  Returns ``f1``,
+    ``seg``, ``tp``, ``fp``, ``fn``, ``n_true``, ``n_pred``, ``seg_sum`` (the summed IoUs), ``n_images``,
+    ``threshold``."""
+    thr = checks.probability(threshold, "threshold")
+    tl, pl = _as_list(true, "true"), _as_list(pred, "pred")
+    if len(tl) != len(pl):
+        raise ValueError(f"{len(tl)} true vs {len(pl)} predicted label images")
+    tp = n_true = n_pred = 0
+    seg_sum = 0.0
+    for t, p in zip(tl, pl):
+        ov = overlap(t, p)
+        tp += true_positives(ov, thr, strict=True)
+        n_true += ov.n_true
+        n_pred += ov.n_pred
+        seg_sum += _seg_sum(ov)
+    fp, fn = n_pred - tp, n_true - tp
+    denom = 2 * tp + fp + fn
+    return {"f1": 2 * tp / denom if denom else 1.0, "seg": seg_sum / n_true if n_true else float("nan"),
+            "tp": tp, "fp": fp, "fn": fn, "n_true": n_true, "n_pred": n_pred, "seg_sum": seg_sum,
+            "n_images": len(tl), "threshold": thr}
 
 
 def evaluate(true: Labels, pred: Labels, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> Dict[str, object]:

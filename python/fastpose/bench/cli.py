@@ -12,6 +12,7 @@ Examples::
     fastpose-bench memory --sizes 2048 5000   # peak memory of 2D segmentation against image size
     fastpose-bench restore --data /path/to/dsb2018/train   # AP won back by restoration on degraded nuclei
     fastpose-bench meanshift                  # mean shift of Cellulus-like embeddings (1024x1024) vs scikit-learn
+    fastpose-bench cellulus --data /path/to/dsb2018/train --model cellulus.pth --model nuclei   # F1@0.5 and SEG
 
 Every figure is the median of ``--repeats`` runs after one warm-up run; GPU timings synchronise the
 device.  Peak memory is the growth of the process's peak resident set (Linux) during the call.
@@ -150,6 +151,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: CPU and, when present, the GPU")
     ms.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn's MeanShift")
     ms.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    cl = sub.add_parser("cellulus", help="F1@0.5 and SEG (Cellulus' metrics, pooled) of Cellulus and Cellpose models "
+                                         "on the nuclei recipe's held-out DSB images, fluorescence and all")
+    cl.add_argument("--data", required=True, metavar="DIR",
+                    help="folder of *_img.tif / *_masks.tif pairs (DSB 2018 stage-1 train for the nuclei recipe's "
+                         "split)")
+    cl.add_argument("--model", action="append", required=True, metavar="MODEL",
+                    help="a model to score: bundled name (nuclei) or file (a Cellulus model from fastpose train "
+                         "--method cellulus, a Cellpose model); repeat it to put models side by side")
+    cl.add_argument("--holdout-every", type=_int(1, 1_000_000), default=10, metavar="N",
+                    help="the held-out images: ids whose SHA-1 is 0 mod N, the bundled sample excluded (default 10, "
+                         "the nuclei recipe's split)")
+    cl.add_argument("--limit", type=_int(1, 10_000_000), default=None, metavar="N",
+                    help="only the first N held-out images (smoke runs)")
+    cl.add_argument("--label-diameter", action="store_true",
+                    help="segment at each image's true median diameter (default: each model at its own scale: "
+                         "Cellpose at its estimated diameter, Cellulus unresized at its object size)")
+    cl.add_argument("--object-size", type=checks.arg(checks.number, lo=0.0, lo_open=True,
+                                                     hi=checks.LIMITS["diameter"]), default=None, metavar="PX",
+                    help="object size of the Cellulus models (default: the one stored in each)")
+    cl.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto (default): the GPU when present")
+    cl.add_argument("--backend", choices=["auto", "torch", "compile", "onnxruntime", "tensorrt"], default="auto",
+                    help="network backend of Cellpose models (default auto: onnxruntime on the CPU, torch on a GPU; "
+                         "Cellulus models run their network themselves)")
+    cl.add_argument("--batch-size", type=_int(1, checks.LIMITS["batch_size"]), default=8)
+    cl.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    cl.add_argument("--card", metavar="PATH",
+                    help="merge the results (one --model) into this model card (JSON) as "
+                         "validation.f1_seg_heldout, atomically")
     return p
 
 
@@ -204,6 +234,22 @@ def _run(args: argparse.Namespace) -> int:
                             conditions=args.conditions, seed=args.seed, device=args.device, backend=args.backend,
                             repeats=args.repeats, throughput_size=args.size, batch_size=args.batch_size)
         print_restore_table(res)
+        if args.json:
+            atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+        if args.card:
+            merge_into_card(args.card, res)
+        return 0
+    if args.cmd == "cellulus":
+        from .cellulus import bench_cellulus, merge_into_card, print_cellulus_table
+        from .restore import check_card
+        if args.card:
+            if len(args.model) != 1:
+                raise ValueError(f"--card merges the results of one --model, got {len(args.model)}")
+            check_card(args.card)  # a bad --card fails before the benchmark runs
+        res = bench_cellulus(args.data, args.model, holdout_every=args.holdout_every, limit=args.limit,
+                             label_diameter=args.label_diameter, object_size=args.object_size, device=args.device,
+                             backend=args.backend, batch_size=args.batch_size)
+        print_cellulus_table(res)
         if args.json:
             atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
         if args.card:

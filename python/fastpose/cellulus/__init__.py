@@ -13,7 +13,8 @@ the foreground's embeddings are clustered by mean-shift into objects.
 
 Modules: :mod:`.network` (the U-Net, registered as the ``"cellulus"`` architecture), :mod:`.loss` (the OCE loss),
 :mod:`.inference` (noise ensemble, foreground, mean-shift, post-processing, :func:`segment`), :mod:`.training`
-(:func:`train`), :mod:`.settings` (the inference settings stored in model files).  The family that runs
+(:func:`train`), :mod:`.settings` (the inference settings stored in model files), :mod:`.cli` (``fastpose train
+--method cellulus``).  The family that runs
 Cellulus models inside :func:`fastpose.segment` is :mod:`fastpose.methods.cellulus`.
 
 The facts come from the authors' code (funkelab/cellulus, main); where it differs from the paper, fastpose

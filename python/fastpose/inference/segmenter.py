@@ -12,6 +12,7 @@ stays on the device.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -175,6 +176,19 @@ class Segmenter:
         """Whether ``diameter=None`` estimates the diameter (a rescaling model with a size model and a family
         that knows how) rather than meaning "no resizing"."""
         return bool(self.spec.rescale_by_diameter and self.size_model and self.family.estimate_diameter)
+
+    def update_settings(self, **settings: Any) -> Dict[str, Any]:
+        """Override the model's own inference settings (``spec.settings``, from the model file) for this
+        segmenter, e.g. ``update_settings(object_size=20)`` for a Cellulus model; checked by the family
+        (:attr:`fastpose.methods.Family.check_settings`).  ValueError for a family without settings, an
+        unknown key or a bad value (the segmenter is then unchanged).  Returns the settings now in force."""
+        check = self.family.check_settings
+        if check is None:
+            raise ValueError(f"a {self.family.name!r} model has no inference settings to override (got "
+                             f"{', '.join(sorted(settings)) or 'none'})")
+        new = check(settings, self.spec.settings)
+        self.spec = dataclasses.replace(self.spec, settings=new)
+        return dict(self.spec.settings)
 
     # ---- building blocks --------------------------------------------------------------------------
     def run_net(self, imgs: torch.Tensor, augment: bool = False,

@@ -49,6 +49,10 @@ class Family:
         valid convolutions that shrink their input by 16 px, and a 32-prediction noise ensemble per window);
         None (the default): the generic tiled path (:func:`fastpose.inference.tiled.run_tiled`).  Such families
         have no bounded-memory path for images above the memory budget.
+    check_settings : callable, optional
+        ``(settings, base) -> dict``: the family's inference settings ``base`` (a model's ``spec.settings``)
+        updated with ``settings``, every key and value checked (ValueError otherwise); what
+        :meth:`fastpose.Segmenter.update_settings` calls.  None: the family has no settings to override.
     """
 
     name: str
@@ -56,6 +60,7 @@ class Family:
     estimate_diameter: Optional[Callable[..., float]] = None
     options: tuple = ()
     run_net: Optional[Callable[..., Any]] = None
+    check_settings: Optional[Callable[..., Dict[str, Any]]] = None
 
 
 FAMILIES: Dict[str, Family] = {}

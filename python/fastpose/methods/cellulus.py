@@ -17,7 +17,8 @@ memory budget are refused (no bounded path).  3D networks segment volumes throug
 :func:`fastpose.cellulus.segment`, the family's own entry point.
 
 The caller's Cellpose options (``flow_threshold``, ``cellprob_threshold``, ``min_size``, ``niter``) do not apply
-either: the smallest object follows the object size (settings ``min_size``).
+either: the smallest object follows the object size (settings ``min_size``).  A segmenter's settings are
+overridden with :meth:`fastpose.Segmenter.update_settings` (``fastpose segment --object-size``).
 """
 
 from __future__ import annotations
@@ -58,4 +59,8 @@ def postprocess(maps: Any, *, rescale: float = 1.0, options: Mapping[str, Any] =
     return postprocess_maps(maps, dict(options or {}), rescale=rescale, return_maps=return_maps)
 
 
-CELLULUS = register_family(Family("cellulus", postprocess, None, (), run_net=run_net))
+def _check(settings: Mapping[str, Any], base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    return check_settings(settings, base=base, name="settings")
+
+
+CELLULUS = register_family(Family("cellulus", postprocess, None, (), run_net=run_net, check_settings=_check))

@@ -1,4 +1,5 @@
-"""``fastpose train`` (train a U-Net from scratch, fine-tune a model file, or run a bundled model's recipe) and
+"""``fastpose train`` (train a U-Net from scratch, fine-tune a model file, or run a bundled model's recipe; with
+``--method cellulus`` an unsupervised Cellulus network on images alone, :mod:`fastpose.cellulus.cli`) and
 ``fastpose evaluate-card`` (recompute the held-out evaluation of a model card for an existing model file).
 
 Hook into the main parser with ``add_parser(subparsers)``, which adds both subcommands; each one's
@@ -59,9 +60,22 @@ def _class_names(text: str, name: str) -> List[str]:
 _INT0 = checks.arg(checks.integer, lo=0)
 _INT1 = checks.arg(checks.integer, lo=1)
 _DIAMETER = checks.arg(checks.number, lo=0.0, lo_open=True, hi=checks.LIMITS["diameter"])
+_STEPS = checks.arg(checks.integer, lo=1, hi=1_000_000_000)
+_FMAPS = checks.arg(checks.integer, lo=1, hi=4096)
 _EPOCHS = checks.arg(checks.integer, lo=1, hi=checks.LIMITS["epochs"])
 _BUDGET = checks.arg(checks.number, lo=0.0, lo_open=True, hi=checks.LIMITS["time_budget"])
 _BATCH = checks.arg(checks.integer, lo=1, hi=checks.LIMITS["batch_size"])
+
+
+def _crop(text: str, name: str) -> int:
+    """An even crop side of at least 40 px (Cellulus: the network shrinks it by 16 px and max-pools by 2; the OCE
+    pairs need more than 2 kappa = 20 px of output plus a few px of anchors)."""
+    n = checks.integer(text, name, lo=40, hi=8192)
+    assert n is not None
+    if n % 2:
+        raise ValueError(f"{name} must be an even integer (the network max-pools by 2 after a 4 px shrink), got "
+                         f"{text!r}")
+    return n
 
 
 def _add_data_args(s: argparse.ArgumentParser) -> None:
@@ -69,7 +83,8 @@ def _add_data_args(s: argparse.ArgumentParser) -> None:
     g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help=f"defaults of a bundled model's recipe (options given here win): {_RECIPE_HELP}")
     g.add_argument("--data", "--dir", dest="dir", default=None,
-                   help="training folder with *_img.tif and *_masks.tif files")
+                   help="training folder with *_img.tif and *_masks.tif files (--method cellulus: its images "
+                        "alone, masks are neither needed nor read)")
     g.add_argument("--val-dir", default=None, help="validation folder (default: none, or --holdout-every)")
     g.add_argument("--holdout-every", type=checks.arg(_holdout), default=None, metavar="N",
                    help="hold out of --data the images whose SHA-1 of the id is 0 mod N (about 1/N of them) as "
@@ -98,8 +113,11 @@ def _flag_table(s: argparse.ArgumentParser) -> List[Tuple[str, str, Any, bool]]:
     out = []
     for a in s._actions:
         if a.option_strings and a.dest not in ("help", "quiet"):  # (no effect on the result)
-            long = max(a.option_strings, key=len) if a.dest != "dir" else "--data"
-            out.append((a.dest, long, a.default, isinstance(a, argparse.BooleanOptionalAction)))
+            boolopt = isinstance(a, argparse.BooleanOptionalAction)
+            # a --x/--no-x pair is named by its positive form (the longest name would be --no-x)
+            long = "--data" if a.dest == "dir" else a.option_strings[0] if boolopt else max(a.option_strings,
+                                                                                            key=len)
+            out.append((a.dest, long, a.default, boolopt))
     return out
 
 
@@ -137,12 +155,23 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
             "folder of *_img.tif images with *_masks.tif label images, for --epochs or a wall-clock --time-budget. "
             "Flow targets are cached next to the masks (or in --cache-dir). Checkpoints go to --save-dir; the final "
             "model (with its size model) is written to --out, and with --card a JSON model card scored on the "
-            "held-out images beside it (see evaluate-card).", 100),
-        epilog="The bundled models come from these commands (on a GPU; weights differ run to run):\n" + _REPRODUCE)
+            "held-out images beside it (see evaluate-card).", 100) + "\n\n" + textwrap.fill(
+            "--method cellulus trains an unsupervised Cellulus network (object-centric embeddings, OCE loss; "
+            "fastpose.cellulus) on the images of --data alone, no masks, for --steps or a --time-budget, and "
+            "writes the best-loss weights with their inference settings (--object-size, --post-processing) to "
+            "--out, which fastpose segment --model runs. It reads the data, schedule and run options that make "
+            "sense for it (--holdout-every / --exclude leave images out; --lr, --weight-decay, --batch-size; "
+            "--save-dir, --resume, --card, --seed, --device) and refuses the Cellpose-only ones.", 100),
+        epilog="The recipes' commands (the bundled models come from these, on a GPU; weights differ run to run):\n"
+               + _REPRODUCE)
     _add_data_args(s)
     g = s.add_argument_group("model")
+    g.add_argument("--method", choices=["cellpose", "cellulus"], default=None,
+                   help="cellpose (default): a Cellpose U-Net from images and masks; cellulus: an unsupervised "
+                        "Cellulus network from images alone (implied by --recipe cellulus_nuclei)")
     g.add_argument("--model", default="scratch",
-                   help="'scratch' (default) for a new U-Net, or a model file / built-in name to fine-tune")
+                   help="'scratch' (default) for a new U-Net, or a model file / built-in name to fine-tune "
+                        "(--method cellulus: a new network, or a Cellulus model file to train further)")
     g.add_argument("--out", required=True, help="where to write the trained model file (.pth)")
     g.add_argument("--nbase", type=_INT1, nargs="+", default=None, metavar="N",
                    help="U-Net widths for --model scratch, input channels first (default 2 32 64 128 256)")
@@ -163,9 +192,10 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     g.add_argument("--anneal-every", type=checks.arg(checks.probability, open_low=True), default=0.06,
                    help="then halve every this fraction of the budget (0.06)")
     g.add_argument("--lr", type=checks.arg(checks.number, lo=0.0, lo_open=True), default=None,
-                   help="learning rate (default: SGD 0.2; AdamW 5e-3 for a U-Net, 5e-5 for a ViT)")
+                   help="learning rate (default: SGD 0.2; AdamW 5e-3 for a U-Net, 5e-5 for a ViT; Cellulus: Adam "
+                        "4e-5)")
     g.add_argument("--weight-decay", type=checks.arg(checks.number, lo=0.0), default=None,
-                   help="weight decay (default: SGD 1e-5; AdamW 1e-4 for a U-Net, 0.1 for a ViT)")
+                   help="weight decay (default: SGD 1e-5; AdamW 1e-4 for a U-Net, 0.1 for a ViT; Cellulus 0.01)")
     g.add_argument("--optimizer", choices=["auto", "sgd", "adamw"], default=None,
                    help="auto (default): SGD from scratch, AdamW when fine-tuning or for a ViT")
     g.add_argument("--batch-size", type=_BATCH, default=None, help="crops per step (default 8; nuclei recipe 16)")
@@ -181,6 +211,21 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     g.add_argument("--sam-augment", action="store_true",
                    help="add Cellpose-SAM augmentations (noise, blur, downsampling, grayscale, inversion, "
                         "channel permutation, brightness/contrast)")
+    g = s.add_argument_group("cellulus (--method cellulus: unsupervised, images only; the authors' defaults)")
+    g.add_argument("--fmaps", type=_FMAPS, default=None, metavar="F",
+                   help="feature maps of the network's first level (the second has 3F; default 24, the authors' "
+                        "examples; the paper used 64)")
+    g.add_argument("--crop", type=checks.arg(_crop), default=None,
+                   help="crop side, even, >= 40 (default 252: 236 px of output per crop)")
+    g.add_argument("--steps", type=_STEPS, default=None,
+                   help="optimiser steps (default 100000, the authors'; with --time-budget an upper bound)")
+    g.add_argument("--object-size", type=_DIAMETER, default=None, metavar="PX",
+                   help="rough object diameter in these images, pixels: stored in the model file, it sets the "
+                        "mean-shift bandwidth (half of it) and the smallest object kept (default 30, the authors'; "
+                        "cellulus_nuclei recipe 20)")
+    g.add_argument("--post-processing", choices=["cell", "nucleus", "none"], default=None,
+                   help="stored in the model file: cell (default: a halo facing the background removed), nucleus "
+                        "(Otsu's threshold of the image inside each object, holes filled) or none")
     g = s.add_argument_group("panoptic (a class per cell; Cellpose-SAM's recipe)")
     g.add_argument("--classes", action="store_true",
                    help="train a panoptic model: per-pixel class images (class ids, 0 = background) beside the "
@@ -220,7 +265,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
                    help="checkpoint folder (model_last.pth, model_best.pth, train_state.pt); "
                         "default: <out without suffix>_train")
     g.add_argument("--save-every", type=_INT1, default=1, help="write checkpoints every N epochs (default 1)")
-    g.add_argument("--resume", default=None, help="train_state.pt (or its folder) to continue from (epoch runs)")
+    g.add_argument("--resume", default=None, help="train_state.pt (or its folder) to continue from (epoch runs; "
+                                                  "--method cellulus: cellulus_state.pt or its folder)")
     g.add_argument("--no-size-model", action="store_true", help="do not fit the style -> diameter model")
     g.add_argument("--size-model-epochs", type=_INT1, default=None,
                    help="random crops per training image for the size model (default 10; recipes 2)")
@@ -228,7 +274,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
                    help="store the weights in float16 (recipes: yes)")
     g.add_argument("--card", action=argparse.BooleanOptionalAction, default=None,
                    help="after training, score the held-out images (see evaluate-card) and write the model card "
-                        "<out>.json, also stored in the model file (recipes: yes)")
+                        "<out>.json, also stored in the model file (recipes: yes; --method cellulus: the card "
+                        "without scores, which fastpose-bench cellulus --card adds)")
     g.add_argument("--card-modes", nargs="+", choices=list(MODES), default=list(DEFAULT_MODES), metavar="MODE",
                    help=f"what the card scores: {', '.join(MODES)} (default: {' '.join(DEFAULT_MODES)})")
     g.add_argument("--seed", type=_INT0, default=0, help="random seed (default 0)")
@@ -293,8 +340,39 @@ def _version() -> str:
     return fastpose.__version__
 
 
+#: the options only ``--method cellulus`` reads (all unset by default)
+CELLULUS_ONLY = ("fmaps", "crop", "steps", "object_size", "post_processing")
+
+
+def method_of(args: argparse.Namespace) -> str:
+    """The training method: ``--method``, else the recipe's, else "cellpose"; ValueError when they disagree."""
+    recipe = RECIPES[args.recipe] if getattr(args, "recipe", None) else None
+    if recipe is not None and args.method is not None and args.method != recipe.method:
+        raise ValueError(f"--recipe {recipe.name} trains with --method {recipe.method}, not --method {args.method}: "
+                         "drop --method (the recipe sets it)")
+    return args.method or (recipe.method if recipe else "cellpose")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``fastpose train``; returns the exit status."""
+    if method_of(args) == "cellulus":
+        from ..cellulus.cli import run_train
+
+        return run_train(args)
+    bad = [_flag(k) for k in CELLULUS_ONLY if getattr(args, k, None) is not None]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} {'is an option' if len(bad) == 1 else 'are options'} of --method "
+                         "cellulus (unsupervised Cellulus training); add --method cellulus, or drop "
+                         f"{'it' if len(bad) == 1 else 'them'} to train a Cellpose U-Net")
+    return run_cellpose(args)
+
+
+def run_cellpose(args: argparse.Namespace) -> int:
+    """Execute ``fastpose train`` for a Cellpose U-Net (or ``--classes``: a panoptic one); the exit status."""
     import torch
 
     from ..models import UNet, load_model, save_model
@@ -464,6 +542,10 @@ def run_card(args: argparse.Namespace) -> int:
     from .recipes import load_sources
 
     given = dict(vars(args))
+    if args.recipe and RECIPES[args.recipe].method != "cellpose":
+        raise ValueError(f"--recipe {args.recipe} trains a {RECIPES[args.recipe].method} model, which evaluate-card "
+                         "does not score (it scores Cellpose models by AP); score it with fastpose-bench "
+                         f"{RECIPES[args.recipe].method} --data DIR --model MODEL --card CARD.json")
     recipe = _resolve(args)
     cmd = command_line("fastpose evaluate-card", given, (args.model,))
     dev = resolve_device(args.device)

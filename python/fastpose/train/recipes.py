@@ -6,6 +6,9 @@ wins).  ``nuclei`` and ``cyto`` are the recipes the bundled weights were trained
     fastpose train --recipe nuclei --data /path/to/dsb2018/stage1_train --time-budget 330 --out nuclei.pth
     fastpose train --recipe cyto --time-budget 228 --out cyto.pth
 
+``cellulus_nuclei`` trains an unsupervised Cellulus network (``--method cellulus``, which the recipe implies) on
+the images of the nuclei recipe's split, its masks never read.
+
 Data sources (:func:`load_sources`):
 
 * a folder of ``*_img.tif`` + ``*_masks.tif`` (``--data``), with validation images from ``--val-dir`` or
@@ -25,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .data import TrainData, folder_ids, from_arrays, heldout_by_hash, load_folder
 
-__all__ = ["Recipe", "RECIPES", "SAMPLE_ID", "Sources", "load_sources", "PLAIN_DEFAULTS"]
+__all__ = ["Recipe", "RECIPES", "SAMPLE_ID", "Sources", "load_sources", "PLAIN_DEFAULTS", "CELLULUS_DEFAULTS"]
 
 log = logging.getLogger("fastpose.train")
 
@@ -41,6 +44,14 @@ PLAIN_DEFAULTS: Dict[str, Any] = {
     "workers": 0, "half": False, "card": False, "channels_last": "auto", "compile": None,
 }
 
+#: defaults of the options ``fastpose train --method cellulus`` reads, without a recipe: the authors' code
+#: (funkelab/cellulus, main; :mod:`fastpose.cellulus.training`), f = 24 as in their examples
+CELLULUS_DEFAULTS: Dict[str, Any] = {
+    "fmaps": 24, "crop": 252, "batch_size": 8, "lr": 4e-5, "weight_decay": 0.01, "steps": 100_000,
+    "time_budget": None, "object_size": 30.0, "post_processing": "cell", "channel_axis": None, "grey": False,
+    "holdout_every": 0, "exclude": [], "half": False, "card": False,
+}
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -52,6 +63,7 @@ class Recipe:
     data_name: str = ""             #: the data set, for the card ("DSB 2018 stage-1 train")
     data_hint: str = ""             #: the --data placeholder in the reproduce command
     kinds: Mapping[str, str] = field(default_factory=dict)  #: image kind -> what it is in this data set
+    method: str = "cellpose"        #: the ``--method`` it trains (a cellulus recipe implies --method cellulus)
 
     def command(self, out: Optional[str] = None) -> str:
         """The one command that trains this recipe's model (on a GPU)."""
@@ -86,6 +98,25 @@ RECIPES: Dict[str, Recipe] = {
         options={**_COMMON, "diam_mean": 30.0, "batch_size": 8, "time_budget": 228.0, "channel_axis": 0,
                  "synthetic_cyto": 400},
         data_name="synthetic cells, fastpose.synthetic_cells"),
+    # Cellulus on the nuclei recipe's images and split, masks never read; the training settings are the authors'
+    # (CELLULUS_DEFAULTS: f 24, crops 252, batch 8, Adam 4e-5, weight decay 0.01, 100,000 steps).  object_size
+    # 20: about the median nucleus diameter of DSB 2018 stage-1 train (the median of the per-image medians of 67
+    # of its images, every 8th file: 19.5 px; 10th-90th percentile 11-48 px), where the authors' default 30 is
+    # for their data; the 'cell' post-processing is the authors' default.  Both are inference settings, stored
+    # in the model file (fastpose segment --object-size overrides the first).
+    "cellulus_nuclei": Recipe(
+        name="cellulus_nuclei",
+        summary="unsupervised Cellulus network (f 24) on the images alone of DSB 2018 stage-1 train (grey; masks "
+                "not read), the nuclei recipe's split (10% held out by a hash of the image id, the bundled sample "
+                "excluded), the authors' settings (crops 252, batch 8, Adam 4e-5, weight decay 0.01, 100,000 "
+                "steps), object size 20 px",
+        options={**CELLULUS_DEFAULTS, "object_size": 20.0, "channel_axis": -1, "grey": True, "holdout_every": 10,
+                 "exclude": [SAMPLE_ID], "card": True},
+        data_name="DSB 2018 stage-1 train, images only",
+        data_hint="/path/to/dsb2018/stage1_train",
+        kinds={"grey": "one-channel files (DSB fluorescence)",
+               "rgb": "colour files (DSB brightfield / histology), averaged to grey"},
+        method="cellulus"),
 }
 
 
