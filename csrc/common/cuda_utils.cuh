@@ -97,3 +97,40 @@ inline void copy_to_host_sync(T* host, const T* dev, int64_t n, cudaStream_t str
 
 }  // namespace cuda
 }  // namespace fastpose
+
+#ifdef __CUDACC__
+namespace fastpose {
+namespace cuda {
+
+/// v: [L] in/out, exclusive prefix sum in place, by one block of `Threads` threads (launch <<<1, Threads>>>);
+/// total: [1] out, the sum of the L values (nullptr: not written).  A template, so each .cu that includes this
+/// header gets its own instance (one definition, no duplicate host stubs at link).
+template <int Threads>
+__global__ void __launch_bounds__(Threads) exclusive_scan_kernel(unsigned long long* __restrict__ v, int64_t L,
+                                                                 unsigned long long* __restrict__ total) {
+  __shared__ unsigned long long part[Threads];
+  const int t = threadIdx.x;
+  const int64_t chunk = (L + Threads - 1) / Threads;
+  const int64_t b = t * chunk, e = b + chunk < L ? b + chunk : L;
+  unsigned long long local = 0;
+  for (int64_t k = b; k < e; ++k) local += v[k];
+  part[t] = local;
+  __syncthreads();
+  for (int off = 1; off < Threads; off <<= 1) {  // Hillis-Steele inclusive scan
+    const unsigned long long add = t >= off ? part[t - off] : 0ull;
+    __syncthreads();
+    part[t] += add;
+    __syncthreads();
+  }
+  unsigned long long run = part[t] - local;
+  for (int64_t k = b; k < e; ++k) {
+    const unsigned long long x = v[k];
+    v[k] = run;
+    run += x;
+  }
+  if (total != nullptr && t == Threads - 1) total[0] = part[t];
+}
+
+}  // namespace cuda
+}  // namespace fastpose
+#endif  // __CUDACC__

@@ -59,32 +59,7 @@ __global__ void scratch_sizes_kernel(const LabelStats* __restrict__ st, int64_t 
   }
 }
 
-// v: [L] in/out, exclusive scan in place, by one block of kScanThreads threads; meta: [2] in/out, meta[0] = total.
-constexpr int kScanThreads = 1024;
-__global__ void exclusive_scan_kernel(unsigned long long* __restrict__ v, int64_t L,
-                                      unsigned long long* __restrict__ meta) {
-  __shared__ unsigned long long part[kScanThreads];
-  const int t = threadIdx.x;
-  const int64_t chunk = (L + kScanThreads - 1) / kScanThreads;
-  const int64_t b = t * chunk, e = b + chunk < L ? b + chunk : L;
-  unsigned long long local = 0;
-  for (int64_t k = b; k < e; ++k) local += v[k];
-  part[t] = local;
-  __syncthreads();
-  for (int off = 1; off < kScanThreads; off <<= 1) {  // Hillis-Steele inclusive scan
-    const unsigned long long add = t >= off ? part[t - off] : 0ull;
-    __syncthreads();
-    part[t] += add;
-    __syncthreads();
-  }
-  unsigned long long run = part[t] - local;
-  for (int64_t k = b; k < e; ++k) {
-    const unsigned long long x = v[k];
-    v[k] = run;
-    run += x;
-  }
-  if (t == kScanThreads - 1) meta[0] = part[t];
-}
+constexpr int kScanThreads = 1024;  // the one-block exclusive scan (cuda::exclusive_scan_kernel)
 
 // ---------------------------------------------------------------------------------------------------
 // 4. per-mask diffusion
@@ -236,7 +211,7 @@ void device_flows(const int32_t* labels, const Shape& shape, const LabelStats* s
   scratch_sizes_kernel<<<cuda::grid_for(maxlab, 256, 4096), 256, 0, stream>>>(st, maxlab, shape.ndim, smem_limit,
                                                                               offs.get(), meta.get());
   FP_CUDA_LAUNCH_CHECK();
-  exclusive_scan_kernel<<<1, kScanThreads, 0, stream>>>(offs.get(), maxlab, meta.get());
+  cuda::exclusive_scan_kernel<kScanThreads><<<1, kScanThreads, 0, stream>>>(offs.get(), maxlab, meta.get());  // total
   FP_CUDA_LAUNCH_CHECK();
   unsigned long long h[2] = {0, 0};
   cuda::copy_to_host_sync(h, meta.get(), 2, stream);

@@ -100,30 +100,6 @@ __global__ void insert_kernel(const float* __restrict__ X, int64_t m, impl::BinG
   }
 }
 
-// v: [L] in/out, exclusive scan in place, by one block of kScanThreads threads.
-__global__ void __launch_bounds__(kScanThreads) exclusive_scan_kernel(unsigned long long* __restrict__ v, int64_t L) {
-  __shared__ unsigned long long part[kScanThreads];
-  const int t = threadIdx.x;
-  const int64_t chunk = (L + kScanThreads - 1) / kScanThreads;
-  const int64_t b = t * chunk, e = b + chunk < L ? b + chunk : L;
-  unsigned long long local = 0;
-  for (int64_t k = b; k < e; ++k) local += v[k];
-  part[t] = local;
-  __syncthreads();
-  for (int off = 1; off < kScanThreads; off <<= 1) {  // Hillis-Steele inclusive scan
-    const unsigned long long add = t >= off ? part[t - off] : 0ull;
-    __syncthreads();
-    part[t] += add;
-    __syncthreads();
-  }
-  unsigned long long run = part[t] - local;
-  for (int64_t k = b; k < e; ++k) {
-    const unsigned long long x = v[k];
-    v[k] = run;
-    run += x;
-  }
-}
-
 // X: [m, d]; slot_of: [m]; start: [slots + 1] slot offsets; cursor: [slots] uint64 in/out (0 initially);
 // pts: [m, d] output, the points grouped by slot.
 __global__ void scatter_kernel(const float* __restrict__ X, int64_t m, int d, const int64_t* __restrict__ slot_of,
@@ -224,7 +200,7 @@ int64_t mean_shift_modes(const float* X, int64_t m, const impl::BinGrid& g, Seed
   cursor.zero();
   insert_kernel<<<point_blocks, kThreads, 0, stream>>>(X, m, g, mask, keys.get(), slot_of.get(), start.get());
   FP_CUDA_LAUNCH_CHECK();
-  exclusive_scan_kernel<<<1, kScanThreads, 0, stream>>>(start.get(), slots + 1);
+  cuda::exclusive_scan_kernel<kScanThreads><<<1, kScanThreads, 0, stream>>>(start.get(), slots + 1, nullptr);
   FP_CUDA_LAUNCH_CHECK();
   scatter_kernel<<<point_blocks, kThreads, 0, stream>>>(X, m, d, slot_of.get(), start.get(), cursor.get(), pts.get());
   FP_CUDA_LAUNCH_CHECK();
