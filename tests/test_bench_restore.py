@@ -35,6 +35,7 @@ def run(tmp_path_factory):
     """One benchmark run through the command line's main, in process: (result JSON, card JSON)."""
     from fastpose.models import UNet, save_model
 
+    threads = torch.get_num_threads()  # one thread here, PyTorch's own count again for the later tests
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("bench_restore")
     data = d / "data"
@@ -52,7 +53,8 @@ def run(tmp_path_factory):
                "--conditions", *CONDITIONS, "--device", "cpu", "--backend", "torch", "--repeats", "1",
                "--size", "64", "--json", str(out), "--card", str(card)])
     assert rc == 0
-    return json.loads(out.read_text()), json.loads(card.read_text())
+    yield json.loads(out.read_text()), json.loads(card.read_text())
+    torch.set_num_threads(threads)
 
 
 def test_json_structure(run):

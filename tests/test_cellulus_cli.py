@@ -52,6 +52,7 @@ HELD = _held_out_id()  # an id the nuclei recipe's hash holds out
 def work(tmp_path_factory):
     """A folder of 4 tiny images with masks (one colour, one the bundled sample's id, one held out by the nuclei
     recipe's hash) and a Cellulus model trained on it with the recipe, through the command line."""
+    threads = torch.get_num_threads()  # one thread here, and PyTorch's own count again for the later tests
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("cellulus_cli")
     data = d / "data"
@@ -64,7 +65,8 @@ def work(tmp_path_factory):
     rc = fastpose_main(["train", "--recipe", "cellulus_nuclei", "--data", str(data), "--out", str(out), "--steps",
                         "2", "--object-size", "12", *TINY])
     assert rc == 0
-    return d, data, out
+    yield d, data, out
+    torch.set_num_threads(threads)
 
 
 # ---- train --------------------------------------------------------------------------------------------------

@@ -122,8 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
     import fastpose
 
     from ..models import load_model
-    from ..train.card import build_card, write_card
-    from ..train.cli import command_line
+    from ..train.card import build_card, command_line, write_card
     from ..train.recipes import CELLULUS_DEFAULTS, RECIPES, SAMPLE_ID
     from .network import CellulusNet, save_cellulus
     from .settings import check_settings

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict, Mapping, Optional
+import shlex
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..io import PathLike, atomic_write
 
-__all__ = ["CARD_VERSION", "training_record", "recipe_text", "build_card", "write_card", "read_card"]
+__all__ = ["CARD_VERSION", "training_record", "recipe_text", "build_card", "write_card", "read_card", "command_line"]
 
 CARD_VERSION = 1
 
@@ -108,3 +109,25 @@ def write_card(path: PathLike, card: Mapping[str, Any]) -> None:
 def read_card(path: PathLike) -> Dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def command_line(prog: str, given: Dict[str, Any], positional: Tuple[str, ...] = ()) -> str:
+    """The command line of the options in ``given`` (the parsed namespace before recipe defaults were
+    filled in) that differ from their parser defaults: ``--recipe`` first, then parser order."""
+    table = given.get("_flags") or []
+    parts = [prog, *map(shlex.quote, positional)]
+    rest = []
+    for dest, flag, default, boolopt in table:
+        v = given.get(dest)
+        if v is None or v == default:
+            continue
+        if boolopt:
+            tok = [flag if v else "--no-" + flag[2:]]
+        elif v is True:
+            tok = [flag]
+        elif isinstance(v, (list, tuple)):
+            tok = [flag, *map(lambda x: shlex.quote(str(x)), v)]
+        else:
+            tok = [flag, shlex.quote(f"{v:g}" if isinstance(v, float) else str(v))]
+        (parts if dest == "recipe" else rest).extend(tok)
+    return " ".join(parts + rest)

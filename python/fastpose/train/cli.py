@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import checks
+from .card import command_line
 from .recipes import PLAIN_DEFAULTS, RECIPES, Recipe
 
 __all__ = ["add_parser", "add_card_parser", "run", "run_card", "command_line"]
@@ -119,28 +119,6 @@ def _flag_table(s: argparse.ArgumentParser) -> List[Tuple[str, str, Any, bool]]:
                                                                                             key=len)
             out.append((a.dest, long, a.default, boolopt))
     return out
-
-
-def command_line(prog: str, given: Dict[str, Any], positional: Tuple[str, ...] = ()) -> str:
-    """The command line of the options in ``given`` (the parsed namespace before recipe defaults were
-    filled in) that differ from their parser defaults: ``--recipe`` first, then parser order."""
-    table = given.get("_flags") or []
-    parts = [prog, *map(shlex.quote, positional)]
-    rest = []
-    for dest, flag, default, boolopt in table:
-        v = given.get(dest)
-        if v is None or v == default:
-            continue
-        if boolopt:
-            tok = [flag if v else "--no-" + flag[2:]]
-        elif v is True:
-            tok = [flag]
-        elif isinstance(v, (list, tuple)):
-            tok = [flag, *map(lambda x: shlex.quote(str(x)), v)]
-        else:
-            tok = [flag, shlex.quote(f"{v:g}" if isinstance(v, float) else str(v))]
-        (parts if dest == "recipe" else rest).extend(tok)
-    return " ".join(parts + rest)
 
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
