@@ -284,3 +284,10 @@ def test_cli_train_restore_writes_model_and_card(tmp_path):
     assert card["recipe"]["tile"] == 64 and card["validation"] == {}
     bad = subprocess.run(cmd[:-4] + ["--kind", "fog", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "--kind" in bad.stderr
+
+
+def test_cli_segment_refuses_a_restoration_model_as_the_model(rnet_path, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "fastpose.cli", "segment", str(sample_paths()[0]), "--out",
+                        str(tmp_path / "o"), "--model", str(rnet_path), "--device", "cpu", "-q"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "is a restoration model" in p.stderr and "--restore" in p.stderr, p.stderr

@@ -151,26 +151,29 @@ def _check_segment_flags(args: argparse.Namespace) -> None:
 
 def _family_flags(args: argparse.Namespace, seg: Any) -> None:
     """The flags that depend on the model's family, checked once the model is loaded: ``--object-size`` needs a
-    Cellulus model (a UsageError otherwise) and overrides its stored object size; Cellpose-only flags set with a
-    Cellulus model are a logged warning (they are ignored)."""
-    cellulus = seg.spec.family == "cellulus"
+    family with inference settings of its own (Cellulus; a UsageError otherwise) and overrides the stored one;
+    post-processing flags the family does not read (``Family.options``), and ``--augment`` for a family that runs
+    its network itself (``Family.run_net``), set away from their defaults are a logged warning (ignored)."""
+    fam = seg.family
     if args.object_size is not None:
-        if not cellulus:
+        if fam.check_settings is None or "object_size" not in seg.spec.settings:
             raise UsageError(f"--object-size applies to Cellulus models only; {args.model} is a "
                              f"{seg.spec.family!r} model (use --diameter for its cell size)")
         seg.update_settings(object_size=args.object_size)
-    if not cellulus:
-        return
     defaults = getattr(args, "_cellpose_only", {})
+    unread = [k for k in defaults if (k == "augment" and fam.run_net is not None)
+              or (k != "augment" and k not in fam.options)]
     given = [f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v:g}" if isinstance(v, float) else
                                            f" {v}")
-             for k, v in ((k, getattr(args, k)) for k in defaults) if v != defaults[k]]
+             for k, v in ((k, getattr(args, k)) for k in unread) if v != defaults[k]]
     if given:
-        log.warning("%s: Cellpose options that Cellulus models do not use, ignored (the noise ensemble replaces "
-                    "--augment; the smallest object follows the object size, --object-size)", ", ".join(given))
+        log.warning("%s: Cellpose options that %s models do not use, ignored", ", ".join(given),
+                    fam.name.capitalize())
     st = seg.spec.settings
-    log.info("Cellulus model: object size %g px (bandwidth %g), %s post-processing", st["object_size"],
-             st["bandwidth"] if st.get("bandwidth") else 0.5 * st["object_size"], st["post_processing"])
+    if "object_size" in st:
+        log.info("%s model: object size %g px (bandwidth %g), %s post-processing", fam.name.capitalize(),
+                 st["object_size"], st["bandwidth"] if st.get("bandwidth") else 0.5 * st["object_size"],
+                 st.get("post_processing"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,6 +277,10 @@ def _segment(args: argparse.Namespace, b: _Batch) -> int:
 
     seg = Segmenter(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size,
                     backend=args.backend, max_memory=args.max_memory, restore=args.restore)
+    if seg.is_image_model:
+        raise UsageError(f"--model {args.model} is a restoration model (an image in, an image out, no masks): "
+                         f"segment with --model nuclei (or another segmentation model) --restore {args.model}, "
+                         f"or restore alone with fastpose restore")
     _family_flags(args, seg)
     log.info("%d image(s); model %s%s on %s (core: %s)", len(todo), args.model,
              f" after restoration by {args.restore}" if args.restore else "", seg.device, seg.core_device)

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -221,13 +220,8 @@ def card_entry(res: Mapping[str, Any], model: Mapping[str, Any]) -> Dict[str, An
 def merge_into_card(path: Any, res: Mapping[str, Any]) -> None:
     """Merge the one model of a :func:`bench_cellulus` result into the model card at ``path`` as
     ``card["validation"]["f1_seg_heldout"]`` (:func:`card_entry`; other validation entries kept), atomically."""
-    from ..train.card import write_card
-    from .restore import check_card
+    from ..train.card import merge_validation
 
     if len(res["models"]) != 1:
         raise ValueError(f"--card takes the result of one --model, got {len(res['models'])}")
-    card = check_card(path)
-    val = dict(card.get("validation") or {})
-    val[CARD_KEY] = card_entry(res, res["models"][0])
-    card["validation"] = val
-    write_card(Path(path), card)
+    merge_validation(path, CARD_KEY, card_entry(res, res["models"][0]))

@@ -227,7 +227,8 @@ def _run(args: argparse.Namespace) -> int:
             atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
         return 0
     if args.cmd == "restore":
-        from .restore import bench_restore, check_card, merge_into_card, print_restore_table
+        from ..train.card import check_card
+        from .restore import bench_restore, merge_into_card, print_restore_table
         if args.card:
             check_card(args.card)  # a bad --card fails before the benchmark runs
         res = bench_restore(args.data, args.restore, args.model, holdout_every=args.holdout_every, limit=args.limit,
@@ -240,8 +241,8 @@ def _run(args: argparse.Namespace) -> int:
             merge_into_card(args.card, res)
         return 0
     if args.cmd == "cellulus":
+        from ..train.card import check_card
         from .cellulus import bench_cellulus, merge_into_card, print_cellulus_table
-        from .restore import check_card
         if args.card:
             if len(args.model) != 1:
                 raise ValueError(f"--card merges the results of one --model, got {len(args.model)}")

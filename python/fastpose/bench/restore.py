@@ -38,7 +38,6 @@ import math
 import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -350,23 +349,6 @@ def print_restore_table(res: Mapping[str, Any]) -> None:
     print(f"# {res['seconds']:.0f} s in all")
 
 
-def check_card(path: Any) -> Dict[str, Any]:
-    """The model card at ``path`` (a JSON object, its ``validation`` an object when present); ValueError or
-    OSError otherwise -- checked before the benchmark runs, so a bad ``--card`` fails at once."""
-    from ..train.card import read_card
-
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--card {p}: no such file (the card to merge the results into must exist)")
-    try:
-        card = read_card(p)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--card {p}: not JSON ({e})") from None
-    if not isinstance(card, dict) or not isinstance(card.get("validation", {}), dict):
-        raise ValueError(f"--card {p}: not a model card (a JSON object whose 'validation' is an object)")
-    return card
-
-
 def card_entry(res: Mapping[str, Any]) -> Dict[str, Any]:
     """What :func:`merge_into_card` writes: the inputs and accuracy of a :func:`bench_restore` result without the
     per-image lists, the throughput in megapixels/s per device, and the versions."""
@@ -392,11 +374,7 @@ def card_entry(res: Mapping[str, Any]) -> Dict[str, Any]:
 def merge_into_card(path: Any, res: Mapping[str, Any]) -> None:
     """Merge a :func:`bench_restore` result into the model card at ``path``, as
     ``card["validation"]["degradation_benchmark"]`` (:func:`card_entry`; other validation entries are kept),
-    written atomically (:func:`fastpose.train.card.write_card`)."""
-    from ..train.card import write_card
+    written atomically (:func:`fastpose.train.card.merge_validation`)."""
+    from ..train.card import merge_validation
 
-    card = check_card(path)
-    val = dict(card.get("validation") or {})
-    val[CARD_KEY] = card_entry(res)
-    card["validation"] = val
-    write_card(path, card)
+    merge_validation(path, CARD_KEY, card_entry(res))

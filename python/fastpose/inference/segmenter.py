@@ -286,12 +286,11 @@ class Segmenter:
                 xc = normalize_tensor(xc, float(norm["lower"]), float(norm["upper"]), bool(norm.get("invert")))
             if scale == "model" and r != 1.0:
                 y, _ = self.run_net(resize(xc, scaled_size((Ly, Lx), (r, r))), False, tile_overlap)
-                keep = resize(x[:, c:c + 1].to(y.device, torch.float32), tuple(y.shape[-2:]))
             else:
                 y, _ = self.maps(xc, r, False, tile_overlap)
-                keep = x[:, c:c + 1].to(y.device, torch.float32)
             y = y[:, :1].float()
-            if bool(constant.any()):
+            if bool(constant.any()):  # passed through as they came in (resized to the output when scale="model")
+                keep = resize(x[:, c:c + 1].to(y.device, torch.float32), tuple(y.shape[-2:]))
                 y = torch.where(constant.to(y.device)[:, None, None, None], keep, y)
             out.append(y.to(torch.device(self.core_device)))
         return torch.cat(out, 1)

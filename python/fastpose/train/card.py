@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..io import PathLike, atomic_write
 
-__all__ = ["CARD_VERSION", "training_record", "recipe_text", "build_card", "write_card", "read_card", "command_line"]
+__all__ = ["CARD_VERSION", "training_record", "recipe_text", "build_card", "write_card", "read_card", "check_card",
+           "merge_validation", "command_line"]
 
 CARD_VERSION = 1
 
@@ -110,6 +112,30 @@ def read_card(path: PathLike) -> Dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
+
+def check_card(path: PathLike) -> Dict[str, Any]:
+    """The model card at ``path`` (a JSON object, its ``validation`` an object when present); ValueError or
+    OSError otherwise -- what a benchmark checks before it runs, so a bad ``--card`` fails at once."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--card {p}: no such file (the card to merge the results into must exist)")
+    try:
+        card = read_card(p)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--card {p}: not JSON ({e})") from None
+    if not isinstance(card, dict) or not isinstance(card.get("validation", {}), dict):
+        raise ValueError(f"--card {p}: not a model card (a JSON object whose 'validation' is an object)")
+    return card
+
+
+def merge_validation(path: PathLike, key: str, entry: Mapping[str, Any]) -> None:
+    """Put ``entry`` under ``card["validation"][key]`` of the card at ``path`` (:func:`check_card`; the other
+    validation entries are kept), written atomically."""
+    card = check_card(path)
+    val = dict(card.get("validation") or {})
+    val[key] = dict(entry)
+    card["validation"] = val
+    write_card(path, card)
 
 def command_line(prog: str, given: Dict[str, Any], positional: Tuple[str, ...] = ()) -> str:
     """The command line of the options in ``given`` (the parsed namespace before recipe defaults were
