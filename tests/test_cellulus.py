@@ -233,6 +233,17 @@ def test_tiled_prediction_equals_one_pass_over_the_padded_image():
     torch.testing.assert_close(mean, whole, rtol=1e-5, atol=1e-5)
     small, _ = predict(net, x[:, :30, :33], crop=252, n_noise=0)          # one window smaller than crop
     assert small.shape == (2, 30, 33)
+    # each side in as few windows as ``crop`` allows, of equal size: a 256 px side in two 144 px windows
+    sides = []
+    hook = net.register_forward_pre_hook(lambda m, inp: sides.append(tuple(inp[0].shape[2:])))
+    big = torch.rand(1, 256, 300)
+    mean, _ = predict(net, big, crop=252, n_noise=0)
+    hook.remove()
+    assert sides == [(144, 166)] * 4
+    padded = np.pad(big.numpy(), ((0, 0), (CONTEXT, CONTEXT), (CONTEXT, CONTEXT)), mode="reflect")
+    with torch.no_grad():
+        whole = net(torch.from_numpy(padded)[None])[0]
+    torch.testing.assert_close(mean, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_noise_ensemble_is_seeded_and_spread():

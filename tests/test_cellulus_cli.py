@@ -19,12 +19,11 @@ from scipy import ndimage as ndi
 
 from fastpose.bench import main as bench_main
 from fastpose.cellulus import CellulusNet
-from fastpose.cellulus.cli import image_files, split_images
 from fastpose.cli import build_parser
 from fastpose.cli import main as fastpose_main
 from fastpose.models import load_model
 from fastpose.synthetic import random_labels
-from fastpose.train.data import heldout_by_hash
+from fastpose.train.data import heldout_by_hash, image_files, split_images
 from fastpose.train.recipes import RECIPES, SAMPLE_ID
 
 TINY = ["--fmaps", "4", "--crop", "64", "--batch-size", "1", "--device", "cpu", "-q"]

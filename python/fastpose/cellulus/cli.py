@@ -31,7 +31,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["run_train", "image_files", "split_images", "CELLULUS_OPTIONS", "recipe_text"]
+__all__ = ["run_train", "CELLULUS_OPTIONS", "recipe_text"]
 
 log = logging.getLogger("fastpose.train")
 
@@ -40,40 +40,6 @@ CELLULUS_OPTIONS = ("recipe", "method", "dir", "holdout_every", "exclude", "chan
                     "mask_filter", "limit", "model", "out", "time_budget", "lr", "weight_decay", "batch_size",
                     "save_dir", "resume", "half", "card", "seed", "device", "fmaps", "crop", "steps",
                     "object_size", "post_processing")
-
-
-def image_files(folder: Any, img_filter: str = "_img", mask_filter: str = "_masks") -> List[Tuple[Path, str]]:
-    """``(path, id)`` of the images in ``folder`` (not recursive), sorted by path: .tif, .tiff and .npy files,
-    less those named like masks (``*{mask_filter}``) or fastpose outputs; the id is the file stem less a trailing
-    ``img_filter`` (the id :func:`fastpose.train.data.heldout_by_hash` splits on).  FileNotFoundError for a
-    missing folder, ValueError for one without images."""
-    from ..inputs import find_inputs
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--data {root}: no such folder")
-    out: List[Tuple[Path, str]] = []
-    for p in find_inputs([str(root)], False):
-        stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-        if mask_filter and stem.endswith(mask_filter):
-            continue
-        out.append((p, stem[: -len(img_filter)] if img_filter and stem.endswith(img_filter) else stem))
-    if not out:
-        raise ValueError(f"--data {root}: no images (.tif, .tiff, .npy)")
-    return out
-
-
-def split_images(files: Sequence[Tuple[Path, str]], holdout_every: int = 0, exclude: Sequence[str] = ()
-                 ) -> Tuple[List[Path], List[str]]:
-    """``(training paths, held-out ids)``: ids in ``exclude`` are in neither; with ``holdout_every`` N > 0 the
-    ids whose SHA-1 is 0 mod N are held out (never trained on), as in the nuclei recipe."""
-    from ..train.data import heldout_by_hash
-
-    skip = set(exclude or ())
-    every = int(holdout_every or 0)
-    train = [p for p, i in files if i not in skip and not heldout_by_hash(i, every)]
-    held = [i for _, i in files if i not in skip and heldout_by_hash(i, every)]
-    return train, held
 
 
 def recipe_text(info: Mapping[str, Any]) -> str:
@@ -123,6 +89,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from ..models import load_model
     from ..train.card import build_card, command_line, write_card
+    from ..train.data import image_files, split_images
     from ..train.recipes import CELLULUS_DEFAULTS, RECIPES, SAMPLE_ID
     from .network import CellulusNet, save_cellulus
     from .settings import check_settings

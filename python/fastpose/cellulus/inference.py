@@ -5,8 +5,9 @@ From funkelab/cellulus (main: ``models/unet.py`` infer mode, ``predict.py``, ``d
 ``utils/mean_shift.py``, ``utils/misc.py``):
 
 1. **Predict** (:func:`predict`).  The image, reflect-padded by the network's 8 px context on each side, is cut
-   into input windows of ``crop`` (252) px, each giving ``crop - 16`` output pixels; the windows overlap in
-   the input so their outputs tile the image (the authors' gunpowder ``Scan`` does the same).  Each window runs
+   into input windows of at most ``crop`` (252) px, each giving its side less 16 output pixels; the windows
+   overlap in the input so their outputs tile the image (the authors' gunpowder ``Scan`` does the same with
+   windows of exactly 252 px; fastpose splits each side into equal windows, less work for the same outputs).  Each window runs
    ``2 * n_noise`` times (32): ``n_noise`` with each salt value (0.5, 1.0), each time ``p_salt`` (1%) of the
    window's elements (all channels) set to that value.  Out: the mean offsets and the population std over the
    predictions, summed over the D offsets.  Window origins are even, so the stitched output is what one
@@ -78,14 +79,24 @@ def _reflect_pad(x: torch.Tensor, pads: Sequence[Tuple[int, int]]) -> torch.Tens
 
 def _windows(size: int, crop: int) -> Tuple[int, List[int], int]:
     """For an image side of ``size``: (input window side, output window origins, extra padding after) so that
-    windows of that side at those (even) origins in the padded image give outputs covering ``size``."""
+    windows of that side at those (even) origins in the padded image give outputs covering ``size``.
+
+    ``crop`` is the largest window; the side is split into as few windows as that allows, of equal size (a
+    256 px side takes two windows of 144 px rather than two of 252 px: a third of the work)."""
     even = size + size % 2
-    out = crop - SHRINK
-    if even + SHRINK <= crop:  # one window, as small as the network allows
-        w = valid_size(even + SHRINK)
-        return w, [0], (w - SHRINK) - size
+    n = -(-even // (crop - SHRINK))
+    w = valid_size(-(-even // n) + SHRINK)
+    w += w % 2
+    out = w - SHRINK
+    if n == 1:
+        return w, [0], out - size
     starts = list(range(0, even - out, out)) + [even - out]
-    return crop, sorted(set(starts)), even - size
+    return w, sorted(set(starts)), even - size
+
+
+#: on the CPU, at most this many input pixels (voxels) per network call: larger batches of large windows run at
+#: half the speed (the activations leave the caches)
+CPU_BATCH_PIXELS = 1 << 17
 
 
 def predict(nets: Union[torch.nn.Module, Sequence[torch.nn.Module]], x: Any, *, crop: int = 252,
@@ -101,12 +112,13 @@ def predict(nets: Union[torch.nn.Module, Sequence[torch.nn.Module]], x: Any, *, 
     x : array or tensor [C, *S]
         The normalised image, channels first (2D: [C, Y, X]; 3D: [C, Z, Y, X]).
     crop : int
-        Input window side (even, >= 18); smaller images run as one window of their own size.
+        Largest input window side (even, >= 18); each image side is split into as few windows as that allows, of
+        equal size, and smaller images run as one window of their own size.
     n_noise, salt_values, p_salt
         Predictions per salt value, the values, and the fraction of elements salted per prediction;
         ``n_noise=0`` gives one clean prediction (std 0).
     batch_size : int
-        Noisy copies per network call.
+        Noisy copies per network call (on the CPU at most :data:`CPU_BATCH_PIXELS` input pixels per call).
     seed : int
         Seed of the noise (on the device of the network).
     device : torch device, optional
@@ -158,6 +170,8 @@ def predict(nets: Union[torch.nn.Module, Sequence[torch.nn.Module]], x: Any, *, 
     jobs = [(v, k) for v in salts for k in range(n_noise)] if n_noise > 0 else [(None, 0)]
     amp = dev.type == "cuda" and precision != "fp32"
     adt = torch.float16 if precision == "fp16" else torch.bfloat16
+    if dev.type == "cpu":
+        batch_size = max(1, min(batch_size, CPU_BATCH_PIXELS // int(np.prod([w for w, _, _ in plans]))))
     for origin in itertools.product(*[starts for _, starts, _ in plans]):
         sl_in = tuple(slice(o, o + w) for o, (w, _, _) in zip(origin, plans))
         win = xp[(slice(None),) + sl_in]

@@ -63,8 +63,9 @@ DEFAULT_SETTINGS: Dict[str, Any] = {
     "n_noise": 16,
     "salt_values": [0.5, 1.0],
     "p_salt": 0.01,
-    # input window of the tiled prediction (valid convolutions: each window gives crop - 16 output pixels);
-    # larger windows give the same embeddings faster where memory allows (the windows' noise aside); a 3D
+    # largest input window of the tiled prediction (valid convolutions: a window gives its side - 16 output
+    # pixels; each image side is split into equal windows up to this size); larger windows give the same
+    # embeddings with less overlap where memory allows (the windows' noise aside); a 3D
     # network needs a smaller one (252^3 voxels x 32 noisy copies is a lot)
     "crop": 252,
     # seed of the noise and of the mean-shift's fitted subset (results are a function of image and settings)

@@ -139,7 +139,13 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
             "writes the best-loss weights with their inference settings (--object-size, --post-processing) to "
             "--out, which fastpose segment --model runs. It reads the data, schedule and run options that make "
             "sense for it (--holdout-every / --exclude leave images out; --lr, --weight-decay, --batch-size; "
-            "--save-dir, --resume, --card, --seed, --device) and refuses the Cellpose-only ones.", 100),
+            "--save-dir, --resume, --card, --seed, --device) and refuses the Cellpose-only ones.", 100) + "\n\n" +
+        textwrap.fill(
+            "--pseudo-labels MODEL bootstraps a Cellpose U-Net from the masks MODEL (an unsupervised Cellulus model, "
+            "or any model) predicts on the training images of --data, whose own masks are not read; --masks-dir adds "
+            "a few true annotations (half of each batch, loss (1 - alpha) L_annotated + alpha L_pseudo: Cellulus' "
+            "recipe, fastpose.train.pseudo). Every Cellpose training option applies (--recipe nuclei for its "
+            "schedule and split).", 100),
         epilog="The recipes' commands (the bundled models come from these, on a GPU; weights differ run to run):\n"
                + _REPRODUCE)
     _add_data_args(s)
@@ -204,6 +210,22 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     g.add_argument("--post-processing", choices=["cell", "nucleus", "none"], default=None,
                    help="stored in the model file: cell (default: a halo facing the background removed), nucleus "
                         "(Otsu's threshold of the image inside each object, holes filled) or none")
+    g = s.add_argument_group("pseudo-labels (a U-Net bootstrapped from another model's masks; Cellulus' recipe)")
+    g.add_argument("--pseudo-labels", default=None, metavar="MODEL",
+                   help="train on the masks this model (a Cellulus model file, or any model fastpose segment runs) "
+                        "predicts on the training images of --data; their own masks are not read")
+    g.add_argument("--masks-dir", default=None, metavar="DIR",
+                   help="a few true annotations: the *_masks.tif files of DIR (named like the images of --data) "
+                        "replace the pseudo-labels of those images, which then make half of each batch")
+    g.add_argument("--masks-fraction", type=checks.arg(checks.number, lo=0.0, lo_open=True, hi=1.0), default=None,
+                   metavar="F", help="use only this fraction of the --masks-dir annotations (at least one image, "
+                                     "drawn with --seed; default 1: all)")
+    g.add_argument("--alpha", type=checks.arg(checks.probability), default=None,
+                   help="weight of the pseudo-labelled half of each batch when --masks-dir is given (default 0.5, "
+                        "the paper's)")
+    g.add_argument("--pseudo-cache", default=None, metavar="DIR",
+                   help="folder for the pseudo-labels (read back when the same model labelled the same images; "
+                        "default <out stem>_train/pseudo_labels)")
     g = s.add_argument_group("panoptic (a class per cell; Cellpose-SAM's recipe)")
     g.add_argument("--classes", action="store_true",
                    help="train a panoptic model: per-pixel class images (class ids, 0 = background) beside the "
@@ -320,6 +342,8 @@ def _version() -> str:
 
 #: the options only ``--method cellulus`` reads (all unset by default)
 CELLULUS_ONLY = ("fmaps", "crop", "steps", "object_size", "post_processing")
+#: the options only ``--pseudo-labels`` reads (all unset by default)
+PSEUDO_ONLY = ("masks_dir", "masks_fraction", "alpha", "pseudo_cache")
 
 
 def method_of(args: argparse.Namespace) -> str:
@@ -342,6 +366,15 @@ def run(args: argparse.Namespace) -> int:
 
         return run_train(args)
     bad = [_flag(k) for k in CELLULUS_ONLY if getattr(args, k, None) is not None]
+    if getattr(args, "pseudo_labels", None) is None:
+        lone = [_flag(k) for k in PSEUDO_ONLY if getattr(args, k, None) is not None]
+        if lone:
+            raise ValueError(f"{', '.join(lone)} {'goes' if len(lone) == 1 else 'go'} with --pseudo-labels MODEL "
+                             "(a U-Net bootstrapped from that model's masks); add it, or drop "
+                             f"{'it' if len(lone) == 1 else 'them'}")
+    elif args.classes or args.synthetic_classes or args.synthetic_cyto:
+        raise ValueError("--pseudo-labels labels the images of --data: it does not combine with --classes, "
+                         "--synthetic-classes or --synthetic-cyto")
     if bad:
         raise ValueError(f"{', '.join(bad)} {'is an option' if len(bad) == 1 else 'are options'} of --method "
                          "cellulus (unsupervised Cellulus training); add --method cellulus, or drop "
@@ -372,7 +405,11 @@ def run_cellpose(args: argparse.Namespace) -> int:
     else:
         model, _ = load_model(args.model, device="cpu")
         optimizer = "adamw" if optimizer == "auto" else optimizer  # fine-tuning recipe
-    src = load_sources(args, int(model.nchan), recipe=recipe)
+    annotated = None
+    if args.pseudo_labels is not None:
+        src, annotated = _pseudo_sources(args, int(model.nchan), recipe, out_of=Path(args.out))
+    else:
+        src = load_sources(args, int(model.nchan), recipe=recipe)
     if args.card and not (src.heldout is not None and len(src.heldout)):
         raise ValueError("--card needs held-out images: --holdout-every N, --val-dir or --synthetic-cyto")
     out = Path(args.out)
@@ -388,11 +425,15 @@ def run_cellpose(args: argparse.Namespace) -> int:
                 size_model_epochs=args.size_model_epochs, amp=not args.no_amp,
                 channels_last={"on": True, "off": False}.get(args.channels_last, "auto"),
                 compile_backend=args.compile, workers=args.workers, worker_type=args.worker_type, seed=args.seed,
-                device=args.device, progress=not args.quiet)
+                device=args.device, progress=not args.quiet, annotated=annotated,
+                alpha=args.alpha if args.alpha is not None else 0.5)
     trainer = f"fastpose train (fastpose {_version()})"
     info = {**res.info, "trainer": trainer, "command": cmd, "recipe": recipe_text(res.info)}
     meta = res.model.fastpose_meta
     options = _recipe_options(args, recipe)
+    if args.pseudo_labels is not None:
+        options.update(pseudo_labels=args.pseudo_labels, masks_dir=args.masks_dir, masks_fraction=args.masks_fraction,
+                       alpha=args.alpha if args.alpha is not None else 0.5)
     extra: Dict[str, Any] = {"training": info, "recipe": options, "data": src.description}
     card = None
     if args.card:
@@ -411,6 +452,25 @@ def run_cellpose(args: argparse.Namespace) -> int:
              f", best val AP@0.5 {res.best_ap:.3f} at epoch {res.best_epoch}" if res.best_ap is not None else "",
              f" and {out.with_suffix('.json')}" if card is not None else "", save_dir)
     return 0
+
+
+def _pseudo_sources(args: argparse.Namespace, nchan: int, recipe: Optional[Recipe], out_of: Path) -> Tuple[Any, Any]:
+    """``(Sources, annotated TrainData or None)`` of ``--pseudo-labels`` (:func:`fastpose.train.pseudo.pseudo_sources`);
+    the held-out images (their true masks: evaluation only) as without it."""
+    from .pseudo import pseudo_sources
+    from .recipes import Sources, load_sources
+
+    cache = Path(args.pseudo_cache) if args.pseudo_cache else \
+        (Path(args.save_dir) if args.save_dir else out_of.with_name(out_of.stem + "_train")) / "pseudo_labels"
+    pseudo, annotated, desc = pseudo_sources(
+        args, nchan, teacher=args.pseudo_labels, masks_dir=args.masks_dir,
+        masks_fraction=args.masks_fraction if args.masks_fraction is not None else 1.0, cache_dir=cache,
+        device=args.device, progress=not args.quiet, recipe_name=recipe.data_name if recipe else "")
+    heldout = None
+    if args.holdout_every or args.val_dir:
+        heldout = load_sources(args, nchan, which=("heldout",), recipe=recipe).heldout
+    n_ann = len(annotated) if annotated is not None else 0
+    return Sources(pseudo, heldout, desc, len(pseudo) + n_ann, len(heldout) if heldout is not None else 0), annotated
 
 
 #: options of segmentation training that panoptic training does not take, with their unset values

@@ -28,7 +28,7 @@ from ..transforms import normalize_percentile, to_channels_first
 
 __all__ = ["TrainData", "compute_flow_targets", "renumber", "load_folder", "from_arrays", "as_train_data",
            "prepare_image", "image_kind", "heldout_by_hash", "folder_ids", "selected_ids", "ClassedImage",
-           "load_class_folder", "folder_class_names"]
+           "load_class_folder", "folder_class_names", "image_files", "split_images"]
 
 log = logging.getLogger("fastpose.train")
 
@@ -126,6 +126,38 @@ def heldout_by_hash(image_id: str, every: int = 10) -> bool:
     The split depends on the id alone, so adding or removing files never moves an image across it.
     """
     return every > 0 and int(hashlib.sha1(image_id.encode()).hexdigest(), 16) % every == 0
+
+
+def image_files(folder: Any, img_filter: str = "_img", mask_filter: str = "_masks") -> List[Tuple[Path, str]]:
+    """``(path, id)`` of the images in ``folder`` (not recursive), sorted by path: .tif, .tiff and .npy files,
+    less those named like masks (``*{mask_filter}``) or fastpose outputs; the id is the file stem less a trailing
+    ``img_filter`` (the id :func:`fastpose.train.data.heldout_by_hash` splits on).  FileNotFoundError for a
+    missing folder, ValueError for one without images."""
+    from ..inputs import find_inputs
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root}: no such folder")
+    out: List[Tuple[Path, str]] = []
+    for p in find_inputs([str(root)], False):
+        stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+        if mask_filter and stem.endswith(mask_filter):
+            continue
+        out.append((p, stem[: -len(img_filter)] if img_filter and stem.endswith(img_filter) else stem))
+    if not out:
+        raise ValueError(f"--data {root}: no images (.tif, .tiff, .npy)")
+    return out
+
+
+def split_images(files: Sequence[Tuple[Path, str]], holdout_every: int = 0, exclude: Sequence[str] = ()
+                 ) -> Tuple[List[Path], List[str]]:
+    """``(training paths, held-out ids)``: ids in ``exclude`` are in neither; with ``holdout_every`` N > 0 the
+    ids whose SHA-1 is 0 mod N are held out (never trained on), as in the nuclei recipe."""
+    skip = set(exclude or ())
+    every = int(holdout_every or 0)
+    train = [p for p, i in files if i not in skip and not heldout_by_hash(i, every)]
+    held = [i for _, i in files if i not in skip and heldout_by_hash(i, every)]
+    return train, held
 
 
 def _mask_key(masks: np.ndarray) -> str:

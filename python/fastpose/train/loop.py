@@ -163,7 +163,8 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
           size_model_epochs: int = 10, amp: Union[bool, str] = "auto", channels_last: Union[bool, str] = "auto",
           compile_backend: Optional[str] = None, workers: Union[int, str] = 0, worker_type: str = "process",
           prefetch: Optional[int] = None, log_every: int = 200, seed: int = 0,
-          device: Union[str, torch.device] = "auto", progress: bool = True) -> TrainResult:
+          device: Union[str, torch.device] = "auto", progress: bool = True, annotated: Any = None,
+          alpha: float = 0.5) -> TrainResult:
     """Train (or fine-tune) a segmentation network on images with label masks.
 
     Every parameter is checked (:mod:`fastpose.checks`) before anything is loaded or trained: a ValueError
@@ -211,6 +212,11 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
         seed: seeds the crop order, the augmentation and torch.
         device: "auto", "cpu" or "cuda".
         progress: show a tqdm progress bar (epochs, or seconds of the budget).
+        annotated, alpha: a second training set mixed into every step (as ``train_data``): each batch takes
+            ``batch_size // 2`` crops from it and the rest from ``train_data``, and the loss is
+            ``alpha * loss(train_data crops) + (1 - alpha) * loss(annotated crops)``.  Cellulus' pseudo-label
+            recipe (:mod:`fastpose.train.pseudo`): ``train_data`` pseudo-labelled images, ``annotated`` the few
+            with true masks.  Epochs count ``train_data`` crops; the annotated crops cycle on their own.
     """
     from tqdm.auto import tqdm
 
@@ -250,6 +256,10 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
     worker_type = checks.choice(worker_type, "worker_type", ("process", "thread"))
     prefetch = checks.integer(prefetch, "prefetch", lo=1, none_ok=True)
     log_every = checks.integer(log_every, "log_every", lo=1)
+    alpha = checks.probability(alpha, "alpha")
+    if annotated is not None and batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2 with annotated= (half of each batch from each set), got "
+                         f"{batch_size}")
     seed = checks.integer(seed, "seed", lo=0, hi=2 ** 63 - 1)
     if not isinstance(device, torch.device):
         device = checks.choice(device, "device", ("auto", "cpu", "cuda")) if not str(device).startswith("cuda:") \
@@ -277,6 +287,10 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
     va = as_train_data(val_data, nchan, **kw)
     if tr is None or len(tr) == 0:
         raise ValueError("no training images (with at least min_masks masks)")
+    ann = as_train_data(annotated, nchan, **kw)
+    if ann is not None and len(ann) == 0:
+        raise ValueError("annotated= holds no images (with at least min_masks masks)")
+    b_ann = batch_size // 2 if ann is not None else 0
     diam_mean = float(model.diam_mean_value)
     diam_labels = tr.diam_labels
     kind = optimizer if optimizer != "auto" else ("adamw" if (vit or fine_tune) else "sgd")
@@ -338,6 +352,8 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
         "amp": str(amp_dtype).replace("torch.", "") if use_amp else None, "channels_last": cl,
         "compile": compile_backend or None, "workers": n_workers, "worker_type": worker_type if n_workers else None,
         "fine_tuned_from": (getattr(model, "fastpose_meta", None) or {}).get("path")}
+    if ann is not None:
+        info.update(n_annotated=len(ann), alpha=alpha, annotated_per_batch=b_ann)
     totals: Dict[str, Any] = {}
 
     def meta(sm: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -363,8 +379,16 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
     bar = tqdm(desc="train", unit="s" if timed else "epoch", disable=not progress, initial=0 if timed else start,
                total=int(round(time_budget)) if timed else epochs)
     maker = BatchMaker(tr, diam_mean, tile, scale_range, rescale, sam_augment, seed)
-    batches = iter_batches(maker, batch_tasks(seed, len(tr), n_per_epoch, batch_size, start, epochs),
+    batches = iter_batches(maker, batch_tasks(seed, len(tr), n_per_epoch, batch_size - b_ann, start, epochs),
                            n_workers, worker_type, prefetch)
+    ann_batches = None
+    if ann is not None:
+        seed2 = (seed + 1) % 2 ** 63
+        tasks2 = batch_tasks(seed2, len(ann), b_ann * -(-len(ann) // b_ann), b_ann)  # full batches only
+        for _ in range(start * -(-n_per_epoch // (batch_size - b_ann))):  # resume: where the stream stood
+            next(tasks2)
+        ann_batches = iter_batches(BatchMaker(ann, diam_mean, tile, scale_range, rescale, sam_augment, seed2),
+                                   tasks2, n_workers, worker_type, prefetch)
     bench_flag = torch.backends.cudnn.benchmark
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels
@@ -406,6 +430,10 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
             if nxt is None:
                 break
             e, _, (x, f, m) = nxt
+            n_main = len(x)
+            if ann_batches is not None:
+                _, _, (x2, f2, m2) = next(ann_batches)
+                x, f, m = np.concatenate([x, x2]), np.concatenate([f, f2]), np.concatenate([m, m2])
             if e != ep["epoch"]:
                 finish_epoch(last=False)
                 ep.update(epoch=e, loss=torch.zeros((), device=dev), n=0, t0=time.perf_counter())
@@ -421,7 +449,11 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
                 xt = xt.contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                 y, _ = fwd(xt)
-            loss = seg_loss(y, ft, mt)
+            if ann_batches is None:
+                loss = seg_loss(y, ft, mt)
+            else:
+                loss = alpha * seg_loss(y[:n_main], ft[:n_main], mt[:n_main]) + \
+                    (1.0 - alpha) * seg_loss(y[n_main:], ft[n_main:], mt[n_main:])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -444,6 +476,8 @@ def train(model: Union[nn.Module, PathLike], train_data: Any, val_data: Any = No
             finish_epoch(last=True)
     finally:
         batches.close()
+        if ann_batches is not None:
+            ann_batches.close()
         bar.close()
         torch.backends.cudnn.benchmark = bench_flag
     if cl:
