@@ -77,7 +77,7 @@ def test_recipe_run_writes_a_model_and_its_card(work):
     spec = meta["spec"]
     assert spec["family"] == "cellulus" and spec["settings"]["object_size"] == 12.0
     tr = meta["extra"]["training"]
-    assert tr["steps_done"] == 2 and tr["lr"] == 4e-5 and tr["weight_decay"] == 0.01 and tr["crop"] == 64
+    assert tr["steps_done"] == 2 and tr["lr"] == 5e-4 and tr["weight_decay"] == 0.01 and tr["crop"] == 64
     assert tr["n_images"] == 2 and tr["weights"].startswith("last")          # aaa and bbb; sample and held-out out
     assert (d / "cn_train" / "cellulus_state.pt").is_file()
     card = json.loads(out.with_suffix(".json").read_text())                  # --card: on for the recipe
@@ -91,7 +91,8 @@ def test_recipe_run_writes_a_model_and_its_card(work):
     assert card["settings"]["object_size"] == 12.0 and card["settings"]["post_processing"] == "cell"
     assert meta["extra"]["card"] == card
     assert RECIPES["cellulus_nuclei"].command() == ("fastpose train --recipe cellulus_nuclei --data "
-                                                   "/path/to/dsb2018/stage1_train --out cellulus_nuclei.pth")
+                                                   "/path/to/dsb2018/stage1_train --time-budget 2700 --out "
+                                                   "cellulus_nuclei.pth")
 
 
 def test_method_cellulus_resumes_and_segment_runs_the_file(work, tmp_path, caplog):

@@ -175,6 +175,7 @@ def test_cli_bootstraps_a_unet_from_pseudo_labels_and_a_few_masks(folder):
     (["--masks-dir", "X"], "--masks-dir goes with --pseudo-labels"),
     (["--alpha", "0.3", "--masks-fraction", "0.5"], "--masks-fraction, --alpha go with --pseudo-labels"),
     (["--pseudo-labels", "nuclei", "--synthetic-cyto", "4"], "does not combine with"),
+    (["--pseudo-labels", "nuclei", "--teacher-setting", "n_noise=4"], "has no inference settings to override"),
 ])
 def test_cli_usage_errors(folder, extra, message, caplog):
     d, data, _ = folder
@@ -185,16 +186,14 @@ def test_cli_usage_errors(folder, extra, message, caplog):
     assert message in caplog.text
 
 
-def test_masks_of_held_out_images_are_refused(folder, tmp_path):
+def test_annotations_skip_held_out_images_and_draw_a_fraction(folder, tmp_path):
     _, data, _ = folder
     held = _held_out_id()
+    # the training folder itself: the held-out image's masks are never used
+    assert [i for i, _ in annotated_ids(data, ["aaa", "bbb", "ccc"], [held])] == ["aaa", "bbb", "ccc"]
     tifffile.imwrite(tmp_path / f"{held}_masks.tif", np.ones((8, 8), np.uint16))
-    with pytest.raises(ValueError, match="held-out image"):
-        annotated_ids(tmp_path, ["aaa", "bbb"], [held])
-    tifffile.imwrite(tmp_path / f"{held}_masks.tif", np.ones((8, 8), np.uint16))
-    (tmp_path / f"{held}_masks.tif").unlink()
     with pytest.raises(ValueError, match="no \\*_masks.tif file of a training image"):
-        annotated_ids(tmp_path, ["aaa"], [])
+        annotated_ids(tmp_path, ["aaa", "bbb"], [held])
     for i in "abcdefghij":
         tifffile.imwrite(tmp_path / f"{i}_masks.tif", np.ones((8, 8), np.uint16))
     picked = annotated_ids(tmp_path, list("abcdefghij"), [], fraction=0.2, seed=3)

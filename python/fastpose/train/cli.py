@@ -56,6 +56,21 @@ def _class_names(text: str, name: str) -> List[str]:
         raise ValueError(f"{name} {e}".strip()) from None
 
 
+def _setting(text: str, name: str) -> Tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value): the value read as JSON (numbers, true/false, lists), else kept as text; the
+    model's family checks both when they are applied."""
+    import json
+
+    key, sep, value = str(text).partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{name} takes KEY=VALUE (e.g. n_noise=4), got {text!r}")
+    try:
+        v: Any = json.loads(value)
+    except ValueError:
+        v = value
+    return key.strip(), v
+
+
 #: argparse types that check the value and name the flag in the message (fastpose.checks)
 _INT0 = checks.arg(checks.integer, lo=0)
 _INT1 = checks.arg(checks.integer, lo=1)
@@ -223,6 +238,10 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     g.add_argument("--alpha", type=checks.arg(checks.probability), default=None,
                    help="weight of the pseudo-labelled half of each batch when --masks-dir is given (default 0.5, "
                         "the paper's)")
+    g.add_argument("--teacher-setting", action="append", type=checks.arg(_setting), default=None,
+                   metavar="KEY=VALUE", help="override an inference setting of the --pseudo-labels model for the "
+                                             "labelling, e.g. n_noise=4 (a Cellulus model's noise ensemble: 8 "
+                                             "predictions instead of 32); repeat for several")
     g.add_argument("--pseudo-cache", default=None, metavar="DIR",
                    help="folder for the pseudo-labels (read back when the same model labelled the same images; "
                         "default <out stem>_train/pseudo_labels)")
@@ -343,7 +362,7 @@ def _version() -> str:
 #: the options only ``--method cellulus`` reads (all unset by default)
 CELLULUS_ONLY = ("fmaps", "crop", "steps", "object_size", "post_processing")
 #: the options only ``--pseudo-labels`` reads (all unset by default)
-PSEUDO_ONLY = ("masks_dir", "masks_fraction", "alpha", "pseudo_cache")
+PSEUDO_ONLY = ("masks_dir", "masks_fraction", "alpha", "teacher_setting", "pseudo_cache")
 
 
 def method_of(args: argparse.Namespace) -> str:
@@ -433,7 +452,8 @@ def run_cellpose(args: argparse.Namespace) -> int:
     options = _recipe_options(args, recipe)
     if args.pseudo_labels is not None:
         options.update(pseudo_labels=args.pseudo_labels, masks_dir=args.masks_dir, masks_fraction=args.masks_fraction,
-                       alpha=args.alpha if args.alpha is not None else 0.5)
+                       alpha=args.alpha if args.alpha is not None else 0.5,
+                       teacher_settings=dict(args.teacher_setting or []))
     extra: Dict[str, Any] = {"training": info, "recipe": options, "data": src.description}
     card = None
     if args.card:
@@ -465,7 +485,8 @@ def _pseudo_sources(args: argparse.Namespace, nchan: int, recipe: Optional[Recip
     pseudo, annotated, desc = pseudo_sources(
         args, nchan, teacher=args.pseudo_labels, masks_dir=args.masks_dir,
         masks_fraction=args.masks_fraction if args.masks_fraction is not None else 1.0, cache_dir=cache,
-        device=args.device, progress=not args.quiet, recipe_name=recipe.data_name if recipe else "")
+        device=args.device, progress=not args.quiet, recipe_name=recipe.data_name if recipe else "",
+        teacher_settings=dict(args.teacher_setting or []))
     heldout = None
     if args.holdout_every or args.val_dir:
         heldout = load_sources(args, nchan, which=("heldout",), recipe=recipe).heldout

@@ -186,8 +186,9 @@ def annotated_ids(masks_dir: PathLike, ids: Sequence[str], held_out: Sequence[st
                   fraction: float = 1.0, seed: int = 0) -> List[Tuple[str, Path]]:
     """``(id, mask file)`` of the annotations in ``masks_dir`` used for training: the ``<id>{mask_filter}.tif``
     files whose id is one of the training images ``ids``, then ``fraction`` of them (at least one, drawn with
-    ``seed``; sorted by id).  ValueError for a folder with no such file, or with the masks of a held-out image
-    (``held_out``: it would be trained on), or for a mask file whose image is not among ``ids``."""
+    ``seed``; sorted by id).  The masks of held-out images (``held_out``) and of images not among ``ids`` are
+    skipped (logged), so ``masks_dir`` may be the training folder itself; ValueError for a folder with no mask
+    file of a training image."""
     from .. import checks
 
     fraction = checks.number(fraction, "masks_fraction", lo=0.0, lo_open=True, hi=1.0)
@@ -197,17 +198,19 @@ def annotated_ids(masks_dir: PathLike, ids: Sequence[str], held_out: Sequence[st
     known, held = set(ids), set(held_out)
     found: List[Tuple[str, Path]] = []
     unknown: List[str] = []
+    skipped_held = 0
     for p in sorted(root.iterdir()):
         if p.suffix.lower() not in (".tif", ".tiff") or not p.stem.endswith(mask_filter):
             continue
         i = p.stem[: len(p.stem) - len(mask_filter)]
         if i in held:
-            raise ValueError(f"--masks-dir {root}: {p.name} annotates {i}, a held-out image; held-out images are "
-                             "never trained on (remove it, or change the split)")
-        if i in known:
+            skipped_held += 1
+        elif i in known:
             found.append((i, p))
         else:
             unknown.append(p.name)
+    if skipped_held:
+        log.info("--masks-dir %s: the masks of %d held-out image(s) skipped (never trained on)", root, skipped_held)
     if unknown:
         log.info("--masks-dir %s: %d mask file(s) without a training image in --data ignored (%s%s)", root,
                  len(unknown), ", ".join(unknown[:3]), " ..." if len(unknown) > 3 else "")
@@ -222,7 +225,8 @@ def annotated_ids(masks_dir: PathLike, ids: Sequence[str], held_out: Sequence[st
 
 def pseudo_sources(opts: Any, nchan: int, *, teacher: Any, masks_dir: Optional[PathLike] = None,
                    masks_fraction: float = 1.0, cache_dir: Optional[PathLike] = None, device: str = "auto",
-                   progress: bool = True, recipe_name: str = "") -> Tuple[Any, Any, str]:
+                   progress: bool = True, recipe_name: str = "",
+                   teacher_settings: Optional[Mapping[str, Any]] = None) -> Tuple[Any, Any, str]:
     """``(pseudo-labelled TrainData, annotated TrainData or None, description)`` for ``fastpose train
     --pseudo-labels``.
 
@@ -233,7 +237,8 @@ def pseudo_sources(opts: Any, nchan: int, *, teacher: Any, masks_dir: Optional[P
     (:func:`pseudo_labels`, cached in ``cache_dir``) and, where ``masks_dir`` annotates them
     (:func:`annotated_ids`), merged with the annotations (:func:`merge_labels`) into the annotated set, which
     then leaves the pseudo-labelled one.  Images the teacher finds fewer than ``min_masks`` objects in are
-    skipped, as images with too few masks are."""
+    skipped, as images with too few masks are.  ``teacher_settings`` override the teacher's own inference
+    settings (:meth:`fastpose.Segmenter.update_settings`; e.g. a smaller Cellulus noise ensemble, ``n_noise``)."""
     from ..io import read_image
     from .data import from_arrays, heldout_by_hash, image_files, prepare_image
 
@@ -256,7 +261,13 @@ def pseudo_sources(opts: Any, nchan: int, *, teacher: Any, masks_dir: Optional[P
         except ValueError as e:
             raise ValueError(f"{p.name}: {e}") from None
     teach = [x[0] if x.shape[0] == 1 else x for x in images]
-    masks = pseudo_labels(teacher, teach, ids, cache_dir=cache_dir, channel_axis=None if nchan == 1 else 0,
+    seg = teacher
+    if teacher_settings:
+        from ..inference import Segmenter
+
+        seg = teacher if isinstance(teacher, Segmenter) else Segmenter(teacher, device=device)
+        seg.update_settings(**dict(teacher_settings))
+    masks = pseudo_labels(seg, teach, ids, cache_dir=cache_dir, channel_axis=None if nchan == 1 else 0,
                           device=device, progress=progress)
     ann_pairs = annotated_ids(masks_dir, ids, held, opts.mask_filter, masks_fraction, int(opts.seed or 0)) \
         if masks_dir is not None else []
@@ -275,7 +286,10 @@ def pseudo_sources(opts: Any, nchan: int, *, teacher: Any, masks_dir: Optional[P
         raise ValueError("no pseudo-labelled training images left: the teacher found no objects (fewer than "
                          f"--min-masks {opts.min_masks}) in the images not annotated")
     name = recipe_name or Path(opts.dir).name
-    parts = [f"{len(pseudo)} training images pseudo-labelled by {_teacher_name(teacher)} (their masks not read)"]
+    with_settings = (" with " + ", ".join(f"{k} {v}" for k, v in dict(teacher_settings).items())
+                     if teacher_settings else "")
+    parts = [f"{len(pseudo)} training images pseudo-labelled by {_teacher_name(teacher)}{with_settings} (their "
+             "masks not read)"]
     if annotated is not None:
         parts.append(f"{len(annotated)} with true masks from {Path(masks_dir).name}/ "
                      f"({'all' if masks_fraction >= 1 else f'{masks_fraction:g} of the'} annotated training images, "
@@ -285,7 +299,7 @@ def pseudo_sources(opts: Any, nchan: int, *, teacher: Any, masks_dir: Optional[P
     if exclude:
         parts.append("excluded: " + ", ".join(sorted(exclude)))
     if opts.limit:
-        parts.append(f"limited to the first {opts.limit} (a smoke run)")
+        parts.append(f"the first {opts.limit} training images only (--limit)")
     return pseudo, annotated, f"{name} ({'; '.join(parts)})"
 
 
