@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="a Cellulus model file")
     ap.add_argument("--n", type=int, default=12, help="training-split images to score (default 12: every k-th)")
     ap.add_argument("--holdout-every", type=int, default=10, help="the split's held-out images are never used")
-    ap.add_argument("--sizes", type=float, nargs="+", default=[14, 17, 20, 25, 30], help="object sizes, px")
+    ap.add_argument("--sizes", type=float, nargs="+", default=[14, 17, 20, 25, 30, 35, 40, 50, 60], help="object sizes, px")
     ap.add_argument("--post", nargs="+", default=["cell", "nucleus"], help="post-processings")
     ap.add_argument("--write", action="store_true", help="store the best candidate in the model file")
     ap.add_argument("--json", default=None, help="write the table as JSON")
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
         if isinstance(card, dict):
             card["settings"] = {**card.get("settings", {}), "object_size": chosen["object_size"],
                                 "post_processing": chosen["post_processing"]}
+            card["diam_mean"] = card["diam_labels"] = chosen["object_size"]  # the spec's diam_mean follows it
             card["settings_choice"] = {k: out[k] for k in ("rows", "best", "note")} | {"n_images": len(names)}
         save_cellulus(args.model, net.eval(), chosen, extra=extra)
         log.info("wrote the settings into %s", args.model)

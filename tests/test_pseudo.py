@@ -199,3 +199,21 @@ def test_annotations_skip_held_out_images_and_draw_a_fraction(folder, tmp_path):
     picked = annotated_ids(tmp_path, list("abcdefghij"), [], fraction=0.2, seed=3)
     assert len(picked) == 2 and picked == annotated_ids(tmp_path, list("abcdefghij"), [], fraction=0.2, seed=3)
     assert len(annotated_ids(tmp_path, list("abcdefghij"), [], fraction=0.01)) == 1   # at least one
+
+
+def test_a_cellulus_teacher_with_its_settings_overridden(tmp_path):
+    from fastpose.cellulus import CellulusNet
+    from fastpose.cellulus.network import save_cellulus
+    from fastpose.inference import Segmenter
+    from fastpose.train.pseudo import teacher_key
+
+    torch.manual_seed(0)
+    save_cellulus(tmp_path / "t.pth", CellulusNet(1, f=4).eval(), {"object_size": 12.0})
+    seg = Segmenter(str(tmp_path / "t.pth"), device="cpu")
+    seg.update_settings(n_noise=1)                            # 2 noisy predictions instead of 32
+    key = teacher_key(seg, {})
+    imgs = [_image(s, 64)[0] for s in (1, 2)]
+    masks = pseudo_labels(seg, imgs, ["a", "b"], cache_dir=tmp_path / "c", progress=False)
+    assert [m.shape for m in masks] == [(64, 64), (64, 64)] and all(m.dtype.kind == "u" for m in masks)
+    seg.update_settings(n_noise=2)
+    assert teacher_key(seg, {}) != key                        # other settings: another cache key

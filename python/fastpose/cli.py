@@ -422,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (created if missing; checked writable before the first image)")
     s.add_argument("--model", default="nuclei",
                    help="bundled model (nuclei: one channel, trained on DSB 2018; cyto: cells + optional "
-                        "nuclear channel, trained on synthetic images) or a model file (fastpose or Cellpose "
-                        "checkpoint); default: nuclei")
+                        "nuclear channel, trained on synthetic images; cellulus_nuclei: unsupervised Cellulus, "
+                        "trained on DSB 2018 images without their masks) or a model file (fastpose or Cellpose "
+                        "checkpoint, or a Cellulus model from fastpose train --method cellulus); default: nuclei")
     s.add_argument("--diameter", type=_num(checks.number, lo=0.0, hi=checks.LIMITS["diameter"]), default=None,
                    help=f"typical cell diameter in pixels, 0 to {checks.LIMITS['diameter']:g}; default: estimated "
                         "with the model's size model (no resizing for models without one); 0 = no resizing")

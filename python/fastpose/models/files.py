@@ -71,11 +71,14 @@ _WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 #: Models shipped in the wheel (``fastpose/weights/``; each has a JSON card beside it saying how it was
 #: trained and how it scored): ``nuclei`` (DSB 2018 nuclei, one channel, diam_mean 17), ``cyto``
 #: (cells with an optional nuclear channel, trained on synthetic images only, diam_mean 30) and
-#: ``oneclick_nuclei`` (a Cellpose3-style one-click restoration network for nuclei, diam_mean 17).
+#: ``oneclick_nuclei`` (a Cellpose3-style one-click restoration network for nuclei, diam_mean 17) and
+#: ``cellulus_nuclei`` (an unsupervised Cellulus network trained on DSB 2018 images without their masks; its
+#: inference settings travel in the file).
 BUILTIN_MODELS: Dict[str, Union[str, os.PathLike, Callable[[], Union[str, os.PathLike]]]] = {
     "nuclei": _WEIGHTS / "nuclei.pth",
     "cyto": _WEIGHTS / "cyto.pth",
     "oneclick_nuclei": _WEIGHTS / "oneclick_nuclei.pth",
+    "cellulus_nuclei": _WEIGHTS / "cellulus_nuclei.pth",
 }
 
 _CPNET_KEY = "downsample.down.res_down_0.conv.conv_0.0.weight"
