@@ -6,7 +6,8 @@
 #
 # Reference packages (never fastpose dependencies), checked against by tests/test_compat_cellpose.py:
 #   * Cellpose 4 in .venv beside fastpose, without its dependencies (tests/compat/cellpose4-requirements.txt);
-#   * Cellpose 3 in its own environment build-cp3/, driven by subprocess (tests/compat/cellpose3-requirements.txt).
+#   * Cellpose 3 in its own environment build-cp3/, driven by subprocess (tests/compat/cellpose3-requirements.txt);
+#   * Scellseg 0.1.8's sdist (source + published weights) unpacked in build-refs/ (tests/test_scellseg_compat.py).
 # FASTPOSE_REQUIRE_COMPAT=1 makes a missing reference package a test failure, not a skip.
 # FASTPOSE_COMPAT=0 skips installing them (the compatibility tests are then skipped).
 set -euo pipefail
@@ -25,8 +26,16 @@ if [ "${FASTPOSE_COMPAT:-1}" != 0 ]; then
     "$CP3/bin/python" -m pip install -q -r tests/compat/cellpose3-requirements.txt
     "$CP3/bin/python" -m pip install -q --no-deps "cellpose==3.1.1.3"
   fi
-  export FASTPOSE_REQUIRE_COMPAT=1 FASTPOSE_CELLPOSE3_VENV="$PWD/$CP3"
-  echo "compatibility references (cellpose 4 in .venv, cellpose 3 in $CP3) ready in $((SECONDS - t0)) s"
+  # Scellseg 0.1.8's source and published weights (its sdist; not installed: its network code is imported by path)
+  SC=build-refs/scellseg-0.1.8
+  if [ ! -f "$SC/scellseg/net_desc.py" ]; then
+    mkdir -p build-refs
+    .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d build-refs "scellseg==0.1.8"
+    tar xzf build-refs/scellseg-0.1.8.tar.gz -C build-refs
+  fi
+  export FASTPOSE_REQUIRE_COMPAT=1 FASTPOSE_CELLPOSE3_VENV="$PWD/$CP3" FASTPOSE_SCELLSEG_SRC="$PWD/$SC"
+  echo "compatibility references (cellpose 4 in .venv, cellpose 3 in $CP3, scellseg source in $SC) ready in" \
+    "$((SECONDS - t0)) s"
 fi
 
 cd tests  # run against the installed package, not the source tree

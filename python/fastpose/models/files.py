@@ -85,7 +85,8 @@ _CPNET_KEY = "downsample.down.res_down_0.conv.conv_0.0.weight"
 _CPSAM_KEYS = ("W2", "encoder.patch_embed.proj.weight", "encoder.pos_embed", "out.weight")
 _EXPECTED = ("a fastpose model file (a torch.save'd dict with format='fastpose-model'), a Cellpose 2/3 "
              f"CPnet state dict (with key {_CPNET_KEY!r}) or a Cellpose-SAM state dict (with keys "
-             f"{', '.join(repr(k) for k in _CPSAM_KEYS)})")
+             f"{', '.join(repr(k) for k in _CPSAM_KEYS)}), or a Scellseg sCSnet state dict (keys 'extractor.*', "
+             "'tasker.base_conv.weight')")
 _FP16_MAX = 65504.0
 
 PathLike = Union[str, os.PathLike]
@@ -107,6 +108,9 @@ class Architecture:
 
     build: Callable[..., nn.Module]
     spec_defaults: Callable[[nn.Module], Dict[str, Any]]
+    #: for bare state dicts of this architecture (another project's checkpoint layout): ``recognise(sd)`` returns
+    #: ``(arch, state dict in this architecture's names, format name)``, or None when ``sd`` is not one
+    recognise: Optional[Callable[[Mapping[str, Any]], Optional[Tuple[Dict[str, Any], Dict[str, Any], str]]]] = None
 
 
 def _unet_spec_defaults(net: nn.Module) -> Dict[str, Any]:
@@ -136,13 +140,27 @@ ARCHITECTURES: Dict[str, Architecture] = {
 
 #: architectures shipped with fastpose outside this package: ``arch["type"]`` -> the module that registers it
 #: (:func:`register_architecture`) when first imported, so their files load without importing it first
-BUILTIN_ARCHITECTURES: Dict[str, str] = {"cellulus": "fastpose.cellulus.network"}
+BUILTIN_ARCHITECTURES: Dict[str, str] = {"cellulus": "fastpose.cellulus.network", "scellseg": "fastpose.scellseg.network"}
 
 
 def register_architecture(name: str, build: Callable[..., nn.Module],
-                          spec_defaults: Callable[[nn.Module], Dict[str, Any]]) -> None:
-    """Make ``arch={"type": name, **kwargs}`` loadable: ``build(diam_mean=..., **kwargs)`` builds the network."""
-    ARCHITECTURES[str(name)] = Architecture(build, spec_defaults)
+                          spec_defaults: Callable[[nn.Module], Dict[str, Any]],
+                          recognise: Optional[Callable[..., Any]] = None) -> None:
+    """Make ``arch={"type": name, **kwargs}`` loadable: ``build(diam_mean=..., **kwargs)`` builds the network;
+    ``recognise`` (see :attr:`Architecture.recognise`) lets bare state dicts in another layout load too."""
+    ARCHITECTURES[str(name)] = Architecture(build, spec_defaults, recognise)
+
+
+def _recognise(sd: Mapping[str, Any]) -> Optional[Tuple[Dict[str, Any], Dict[str, Any], str]]:
+    """The first registered architecture's reading of a bare state dict (every built-in one imported first)."""
+    for kind in BUILTIN_ARCHITECTURES:
+        _architecture(kind)
+    for a in ARCHITECTURES.values():
+        if a.recognise is not None:
+            got = a.recognise(sd)
+            if got is not None:
+                return got
+    return None
 
 
 def _architecture(kind: Any) -> Optional[Architecture]:
@@ -443,7 +461,8 @@ def model_from_state_dict(sd: Mapping[str, torch.Tensor],
         elif all(k in sd for k in _CPSAM_KEYS):
             arch, kind = _infer_vit(sd), "cellpose-sam"
         else:
-            arch = kind = None
+            got = _recognise(sd)
+            arch, sd, kind = got if got is not None else (None, sd, None)
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"{source}: cannot infer the network from the state dict ({e})") from e
     if arch is None:

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["UNet", "DEFAULT_NBASE", "style_vector"]
+__all__ = ["UNet", "DEFAULT_NBASE", "style_vector", "NormConv", "ResDown", "Encoder"]
 
 #: Cellpose's default widths: 2 input channels, then 32, 64, 128, 256 features.
 DEFAULT_NBASE: Tuple[int, ...] = (2, 32, 64, 128, 256)
@@ -39,7 +39,7 @@ _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.05
 
 
-class _NormConv(nn.Sequential):
+class NormConv(nn.Sequential):
     """BatchNorm -> (ReLU) -> Conv2d with 'same' padding.
 
     With ``relu=True`` the children are indexed 0 (BN), 1 (ReLU), 2 (conv); without, 0 (BN), 1 (conv),
@@ -59,7 +59,7 @@ class _StyleNormConv(nn.Module):
 
     def __init__(self, cin: int, cout: int, style_channels: int, ksize: int) -> None:
         super().__init__()
-        self.conv = _NormConv(cin, cout, ksize)
+        self.conv = NormConv(cin, cout, ksize)
         self.full = nn.Linear(style_channels, cin)
 
     def forward(self, style: torch.Tensor, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -68,14 +68,14 @@ class _StyleNormConv(nn.Module):
         return self.conv(x + self.full(style)[:, :, None, None])
 
 
-class _ResDown(nn.Module):
+class ResDown(nn.Module):
     """Encoder block: two residual pairs of BN-ReLU-conv; a 1x1 BN-conv projection on the first shortcut."""
 
     def __init__(self, cin: int, cout: int, ksize: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(OrderedDict(
-            (f"conv_{k}", _NormConv(cin if k == 0 else cout, cout, ksize)) for k in range(4)))
-        self.proj = _NormConv(cin, cout, 1, relu=False)
+            (f"conv_{k}", NormConv(cin if k == 0 else cout, cout, ksize)) for k in range(4)))
+        self.proj = NormConv(cin, cout, 1, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
@@ -84,14 +84,14 @@ class _ResDown(nn.Module):
 
 
 class _ResUp(nn.Module):
-    """Decoder block: like :class:`_ResDown`, plus the encoder skip and the style added before conv 1-3."""
+    """Decoder block: like :class:`ResDown`, plus the encoder skip and the style added before conv 1-3."""
 
     def __init__(self, cin: int, cout: int, style_channels: int, ksize: int) -> None:
         super().__init__()
-        mods: List[Tuple[str, nn.Module]] = [("conv_0", _NormConv(cin, cout, ksize))]
+        mods: List[Tuple[str, nn.Module]] = [("conv_0", NormConv(cin, cout, ksize))]
         mods += [(f"conv_{k}", _StyleNormConv(cout, cout, style_channels, ksize)) for k in (1, 2, 3)]
         self.conv = nn.Sequential(OrderedDict(mods))
-        self.proj = _NormConv(cin, cout, 1, relu=False)
+        self.proj = NormConv(cin, cout, 1, relu=False)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         c = self.conv
@@ -99,13 +99,13 @@ class _ResUp(nn.Module):
         return x + c.conv_3(style, c.conv_2(style, x))
 
 
-class _Encoder(nn.Module):
+class Encoder(nn.Module):
     """``downsample``: residual blocks at full, 1/2, 1/4, ... resolution; returns every level's map."""
 
     def __init__(self, nbase: Sequence[int], ksize: int, max_pool: bool) -> None:
         super().__init__()
         self.down = nn.Sequential(OrderedDict(
-            (f"res_down_{i}", _ResDown(nbase[i], nbase[i + 1], ksize)) for i in range(len(nbase) - 1)))
+            (f"res_down_{i}", ResDown(nbase[i], nbase[i + 1], ksize)) for i in range(len(nbase) - 1)))
         self.max_pool = max_pool
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -172,9 +172,9 @@ class UNet(nn.Module):
         self.sz: int = int(sz)
         self.max_pool: bool = bool(max_pool)
         nbaseup = nbase[1:] + [nbase[-1]]
-        self.downsample = _Encoder(nbase, sz, max_pool)
+        self.downsample = Encoder(nbase, sz, max_pool)
         self.upsample = _Decoder(nbaseup, sz)
-        self.output = _NormConv(nbaseup[0], nout, 1)
+        self.output = NormConv(nbaseup[0], nout, 1)
         self.diam_mean = nn.Parameter(torch.full((1,), float(diam_mean)), requires_grad=False)
         self.diam_labels = nn.Parameter(torch.full((1,), float(diam_mean)), requires_grad=False)
 

@@ -1,0 +1,6 @@
+"""Scellseg (Yu et al., 2023): a style-aware Cellpose network (sCSnet: attention-gated skips, dense units,
+hierarchical styles) and contrastive fine-tuning for few-shot adaptation; see :mod:`.network`."""
+
+from .network import SCSNet, from_cellpose_state_dict, infer_arch, is_scellseg_state_dict
+
+__all__ = ["SCSNet", "from_cellpose_state_dict", "infer_arch", "is_scellseg_state_dict"]
