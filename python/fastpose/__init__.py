@@ -22,6 +22,7 @@ logging.getLogger("fastpose").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:  # pragma: no cover
     from .inference import SegmentResult, Segmenter, segment
+    from .scellseg.finetune import finetune
 
 
 def __getattr__(name: str) -> Any:
@@ -29,6 +30,9 @@ def __getattr__(name: str) -> Any:
     if name in ("segment", "Segmenter", "SegmentResult"):
         from . import inference
         return getattr(inference, name)
+    if name == "finetune":  # few-shot fine-tuning (Scellseg's contrastive, or classic)
+        from .scellseg.finetune import finetune
+        return finetune
     raise AttributeError(f"module 'fastpose' has no attribute {name!r}")
 
 
@@ -42,4 +46,4 @@ def include_dir() -> str:
     return str(Path(__file__).resolve().parent / "include")
 
 
-__all__ = ["__version__", "cmake_dir", "include_dir", "segment", "Segmenter", "SegmentResult"]
+__all__ = ["__version__", "cmake_dir", "include_dir", "segment", "Segmenter", "SegmentResult", "finetune"]
