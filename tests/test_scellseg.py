@@ -122,3 +122,48 @@ def test_finetune_errors():
     bad[0][0][0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         finetune(base, bad, tile=32, progress=False)
+
+
+def test_cli_finetune_writes_a_model_and_refuses_misuse(tmp_path, caplog):
+    import logging
+
+    import tifffile
+
+    from fastpose.cli import main as fastpose_main
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for k, (img, lab) in enumerate(_shots()):
+        tifffile.imwrite(shots / f"s{k}_img.tif", img)
+        tifffile.imwrite(shots / f"s{k}_masks.tif", lab)
+    torch.manual_seed(0)
+    save_model(tmp_path / "base.pth", UNet(TINY, diam_mean=14.0))
+    out = tmp_path / "tuned.pth"
+    common = ["finetune", "--shots", str(shots), "--model", str(tmp_path / "base.pth"), "--out", str(out), "--steps",
+              "2", "--batch-size", "2", "--tile", "32", "--channel-axis", "0", "--device", "cpu", "-q"]
+    with caplog.at_level(logging.INFO, logger="fastpose"):
+        assert fastpose_main(common + ["--strategy", "classic"]) == 0
+    net, meta = load_model(out)
+    assert isinstance(net, UNet) and meta["extra"]["finetune"]["strategy"] == "classic"
+    assert f"segment with --diameter {meta['diam_labels']:.1f}" in caplog.text
+    caplog.clear()
+    assert fastpose_main(common + ["--strategy", "classic", "--query", str(shots)]) == 2
+    assert "--query and --contrast are for --strategy contrastive" in caplog.text
+
+
+def test_train_arch_scellseg_pretrains_an_scsnet(tmp_path):
+    import tifffile
+
+    from fastpose.cli import main as fastpose_main
+
+    for k, (img, lab) in enumerate(_shots(3)):
+        tifffile.imwrite(tmp_path / f"s{k}_img.tif", img)
+        tifffile.imwrite(tmp_path / f"s{k}_masks.tif", lab)
+    out = tmp_path / "scs.pth"
+    assert fastpose_main(["train", "--arch", "scellseg", "--data", str(tmp_path), "--channel-axis", "0", "--nbase",
+                          *map(str, TINY), "--epochs", "1", "--batch-size", "2", "--tile", "32", "--no-size-model",
+                          "--device", "cpu", "-q", "--out", str(out)]) == 0
+    net, meta = load_model(out)
+    assert isinstance(net, SCSNet) and meta["arch"]["type"] == "scellseg" and net.attention
+    assert fastpose_main(["train", "--arch", "scellseg", "--model", "nuclei", "--data", str(tmp_path), "--out",
+                          str(tmp_path / "x.pth")]) == 2

@@ -499,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     from .restore.cli import add_parsers as _add_restore
     _add_restore(sub)
+    from .scellseg.cli import add_parser as _add_finetune
+    _add_finetune(sub)
     s = sub.add_parser("export", help="export a model to ONNX and/or a TensorRT engine",
                        description="Export MODEL (bundled name or model file) to ONNX with a fixed tile and a "
                                    "dynamic batch axis (outputs flows_cellprob [B,3,T,T] and style), optionally "

@@ -171,6 +171,10 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     g.add_argument("--model", default="scratch",
                    help="'scratch' (default) for a new U-Net, or a model file / built-in name to fine-tune "
                         "(--method cellulus: a new network, or a Cellulus model file to train further)")
+    g.add_argument("--arch", choices=["unet", "scellseg"], default="unet",
+                   help="network of --model scratch: unet (default, Cellpose's U-Net) or scellseg (Scellseg's sCSnet: "
+                        "attention-gated skips, dense units, hierarchical styles; fastpose.scellseg), trained with the "
+                        "same Cellpose recipe")
     g.add_argument("--out", required=True, help="where to write the trained model file (.pth)")
     g.add_argument("--nbase", type=_INT1, nargs="+", default=None, metavar="N",
                    help="U-Net widths for --model scratch, input channels first (default 2 32 64 128 256)")
@@ -420,8 +424,16 @@ def run_cellpose(args: argparse.Namespace) -> int:
     optimizer = args.optimizer
     if scratch:
         torch.manual_seed(args.seed)
-        model = UNet(nbase=args.nbase, diam_mean=args.diam_mean)
+        if args.arch == "scellseg":
+            from ..scellseg import SCSNet
+
+            model = SCSNet(nbase=args.nbase, diam_mean=args.diam_mean)
+        else:
+            model = UNet(nbase=args.nbase, diam_mean=args.diam_mean)
     else:
+        if args.arch != "unet":
+            raise ValueError(f"--arch {args.arch} builds a new network: it goes with --model scratch (a model file "
+                             "keeps its own architecture)")
         model, _ = load_model(args.model, device="cpu")
         optimizer = "adamw" if optimizer == "auto" else optimizer  # fine-tuning recipe
     annotated = None
@@ -495,7 +507,7 @@ def _pseudo_sources(args: argparse.Namespace, nchan: int, recipe: Optional[Recip
 
 
 #: options of segmentation training that panoptic training does not take, with their unset values
-_NOT_PANOPTIC = {"recipe": None, "resume": None, "workers": None, "compile": None,
+_NOT_PANOPTIC = {"arch": "unet", "recipe": None, "resume": None, "workers": None, "compile": None,
                  "sam_augment": False, "card": None, "synthetic_cyto": None, "val_dir": None, "optimizer": None,
                  "half": None}
 
