@@ -13,6 +13,7 @@ Examples::
     fastpose-bench restore --data /path/to/dsb2018/train   # AP won back by restoration on degraded nuclei
     fastpose-bench meanshift                  # mean shift of Cellulus-like embeddings (1024x1024) vs scikit-learn
     fastpose-bench cellulus --data /path/to/dsb2018/train --model cellulus.pth --model nuclei   # F1@0.5 and SEG
+    fastpose-bench fewshot --data TARGET/ --model nuclei --shots 1 2 4 8 --png fewshot.png   # Scellseg's shot scale
 
 Every figure is the median of ``--repeats`` runs after one warm-up run; GPU timings synchronise the
 device.  Peak memory is the growth of the process's peak resident set (Linux) during the call.
@@ -151,6 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: CPU and, when present, the GPU")
     ms.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn's MeanShift")
     ms.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    fs = sub.add_parser("fewshot", help="Scellseg's shot-scale experiment: mAP and AJI of few-shot fine-tuning "
+                                        "(contrastive and classic) against the number of annotated images")
+    fs.add_argument("--data", required=True, metavar="DIR", help="the target set: *_img.tif + *_masks.tif")
+    fs.add_argument("--model", default="nuclei", help="base model: bundled name or file (default nuclei)")
+    fs.add_argument("--shots", type=_int(1, 100_000), nargs="+", default=[1, 2, 4, 8],
+                    help="shot levels (default 1 2 4 8)")
+    fs.add_argument("--draws", type=_int(1, 1000), default=3,
+                    help="random draws per level, shared by every strategy (default 3; the paper 10)")
+    fs.add_argument("--strategies", nargs="+", choices=["contrastive", "classic"],
+                    default=["contrastive", "classic"], help="fine-tuning strategies (default both)")
+    fs.add_argument("--steps", type=_int(1, 1_000_000), default=100, help="fine-tuning steps (default 100)")
+    fs.add_argument("--batch-size", type=_int(1, checks.LIMITS["batch_size"]), default=8,
+                    help="crops per step (default 8)")
+    fs.add_argument("--tile", type=_int(16, 4096), default=224, help="crop side (default 224)")
+    fs.add_argument("--channel-axis", type=checks.arg(checks.axis), default=None,
+                    help="channel axis of multichannel images")
+    fs.add_argument("--max-test", type=_int(1, 10_000_000), default=None, metavar="N",
+                    help="score at most N of the images not drawn (default all)")
+    fs.add_argument("--contrast", default=None, metavar="DIR",
+                    help="contrast styles (a folder of style folders; default the shipped ones)")
+    fs.add_argument("--seed", type=_int(0, 2 ** 31 - 1), default=0, help="seed of the draws and fine-tuning")
+    fs.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    fs.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    fs.add_argument("--png", metavar="PATH", help="also plot mAP against shots (needs matplotlib)")
     cl = sub.add_parser("cellulus", help="F1@0.5 and SEG (Cellulus' metrics, pooled) of Cellulus and Cellpose models "
                                          "on the nuclei recipe's held-out DSB images, fluorescence and all")
     cl.add_argument("--data", required=True, metavar="DIR",
@@ -239,6 +264,18 @@ def _run(args: argparse.Namespace) -> int:
             atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
         if args.card:
             merge_into_card(args.card, res)
+        return 0
+    if args.cmd == "fewshot":
+        from .fewshot import bench_fewshot, plot_fewshot, print_fewshot_table
+        res = bench_fewshot(args.data, args.model, shots=args.shots, draws=args.draws, strategies=args.strategies,
+                            steps=args.steps, batch_size=args.batch_size, tile=args.tile,
+                            channel_axis=args.channel_axis, max_test=args.max_test, contrast=args.contrast,
+                            seed=args.seed, device=args.device)
+        print_fewshot_table(res)
+        if args.json:
+            atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+        if args.png:
+            plot_fewshot(res, args.png)
         return 0
     if args.cmd == "cellulus":
         from ..train.card import check_card
