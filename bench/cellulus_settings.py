@@ -93,7 +93,10 @@ def main(argv=None) -> int:
         log.info("wrote the settings into %s", args.model)
         side = Path(args.model).with_suffix(".json")
         if isinstance(card, dict) and side.is_file():
-            write_card(side, card)
+            on_disk = json.loads(side.read_text())  # keeps what was merged there since (validation)
+            for k in ("settings", "diam_mean", "diam_labels", "settings_choice"):
+                on_disk[k] = card[k]
+            write_card(side, on_disk)
             log.info("and into its card %s", side)
     return 0
 
