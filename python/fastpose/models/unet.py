@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["UNet", "DEFAULT_NBASE", "style_vector", "NormConv", "ResDown", "Encoder"]
+__all__ = ["UNet", "DEFAULT_NBASE", "style_vector", "NormConv", "ResDown", "Encoder", "CellposeNetMixin"]
 
 #: Cellpose's default widths: 2 input channels, then 32, 64, 128, 256 features.
 DEFAULT_NBASE: Tuple[int, ...] = (2, 32, 64, 128, 256)
@@ -143,7 +143,29 @@ def style_vector(x: torch.Tensor) -> torch.Tensor:
     return s / torch.linalg.vector_norm(s, dim=1, keepdim=True).clamp_min(1e-12)
 
 
-class UNet(nn.Module):
+class CellposeNetMixin:
+    """What fastpose's Cellpose-style networks share (:class:`UNet`, :class:`fastpose.scellseg.SCSNet`): the
+    non-trainable ``diam_mean`` / ``diam_labels`` parameters and the input size rule of an ``nbase`` encoder."""
+
+    nbase: List[int]
+
+    def init_diameters(self, diam_mean: float) -> None:
+        """Register ``diam_mean`` and ``diam_labels`` ([1], not trained), both ``diam_mean`` at first."""
+        self.diam_mean = nn.Parameter(torch.full((1,), float(diam_mean)), requires_grad=False)
+        self.diam_labels = nn.Parameter(torch.full((1,), float(diam_mean)), requires_grad=False)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (2 ** number of poolings)."""
+        return 2 ** (len(self.nbase) - 2)
+
+    @property
+    def diam_mean_value(self) -> float:
+        """``diam_mean`` as a Python float."""
+        return float(self.diam_mean.detach().float().cpu()[0])
+
+
+class UNet(CellposeNetMixin, nn.Module):
     """Cellpose 2/3 residual U-Net with CPnet-identical parameter names.
 
     Args:
@@ -175,18 +197,7 @@ class UNet(nn.Module):
         self.downsample = Encoder(nbase, sz, max_pool)
         self.upsample = _Decoder(nbaseup, sz)
         self.output = NormConv(nbaseup[0], nout, 1)
-        self.diam_mean = nn.Parameter(torch.full((1,), float(diam_mean)), requires_grad=False)
-        self.diam_labels = nn.Parameter(torch.full((1,), float(diam_mean)), requires_grad=False)
-
-    @property
-    def size_multiple(self) -> int:
-        """Input height and width must be multiples of this (2 ** number of poolings)."""
-        return 2 ** (len(self.nbase) - 2)
-
-    @property
-    def diam_mean_value(self) -> float:
-        """``diam_mean`` as a Python float."""
-        return float(self.diam_mean.detach().float().cpu()[0])
+        self.init_diameters(diam_mean)
 
     def arch(self) -> dict:
         """Constructor kwargs (without diam_mean) as stored in fastpose model files."""

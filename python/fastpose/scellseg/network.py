@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.files import register_architecture
-from ..models.unet import DEFAULT_NBASE, Encoder, NormConv, style_vector
+from ..models.unet import DEFAULT_NBASE, CellposeNetMixin, Encoder, NormConv, style_vector
 
 __all__ = ["SCSNet", "is_scellseg_state_dict", "infer_arch", "from_cellpose_state_dict"]
 
@@ -164,7 +164,7 @@ class _Tasker(nn.Module):
         return self.base_conv(F.relu(self.base_bn(x)))
 
 
-class SCSNet(nn.Module):
+class SCSNet(CellposeNetMixin, nn.Module):
     """Scellseg's sCSnet (see the module docstring) with the authors' parameter names.
 
     Args:
@@ -193,17 +193,7 @@ class SCSNet(nn.Module):
         self.attention, self.dense, self.hierarchical_style = bool(attention), bool(dense), bool(hierarchical_style)
         self.extractor = _Extractor(nbase, sz, self.attention, self.dense, self.hierarchical_style)
         self.tasker = _Tasker(nbase[1], self.nout)
-        self.diam_mean = nn.Parameter(torch.full((1,), float(diam_mean)), requires_grad=False)
-        self.diam_labels = nn.Parameter(torch.full((1,), float(diam_mean)), requires_grad=False)
-
-    @property
-    def size_multiple(self) -> int:
-        """Input height and width must be multiples of this (2 ** number of poolings)."""
-        return 2 ** (len(self.nbase) - 2)
-
-    @property
-    def diam_mean_value(self) -> float:
-        return float(self.diam_mean.detach().float().cpu()[0])
+        self.init_diameters(diam_mean)
 
     def arch(self) -> Dict[str, Any]:
         """Constructor kwargs (without diam_mean) as stored in fastpose model files."""
