@@ -51,3 +51,17 @@ def test_harness_end_to_end_on_tiny_data(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="too few"):
         bench_fewshot(data, str(tmp_path / "base.pth"), shots=[4], draws=1, steps=1, device="cpu")
+    # a separate test set (the query images too), and the contrast styles other than the target's
+    test = tmp_path / "test"
+    test.mkdir()
+    for k in range(2):
+        lab = random_labels((64, 64), 5, diameter=14, seed=10 + k)
+        img = ((lab > 0) * 200 + 20).astype(np.uint8)
+        tifffile.imwrite(test / f"u{k}_img.tif", np.stack([img] * 3, -1))     # colour: averaged to grey
+        tifffile.imwrite(test / f"u{k}_masks.tif", lab.astype(np.uint16))
+    res = bench_fewshot(data, str(tmp_path / "base.pth"), test=test, shots=[4], draws=1, steps=1, batch_size=2,
+                        tile=32, device="cpu", contrast_styles=["synthetic_cells"])
+    assert res["rows"][0]["n_test"] == 2 and res["n_test_images"] == 2
+    assert res["protocol"]["contrast_styles"] == ["synthetic_cells"] and res["protocol"]["halve_every"] == 1
+    with pytest.raises(ValueError, match="no style"):
+        bench_fewshot(data, str(tmp_path / "base.pth"), test=test, shots=[1], steps=1, contrast_styles=["x"])

@@ -167,3 +167,25 @@ def test_train_arch_scellseg_pretrains_an_scsnet(tmp_path):
     assert isinstance(net, SCSNet) and meta["arch"]["type"] == "scellseg" and net.attention
     assert fastpose_main(["train", "--arch", "scellseg", "--model", "nuclei", "--data", str(tmp_path), "--out",
                           str(tmp_path / "x.pth")]) == 2
+
+
+def test_finetune_colour_shots_as_arrays_and_files_agree(tmp_path):
+    """Colour images (Y, X, 3) are averaged to grey for a one-channel network, as arrays and as files alike."""
+    import tifffile
+
+    from fastpose.scellseg import network_input
+
+    lab = random_labels((64, 64), 6, diameter=14, seed=1).astype(np.uint16)
+    rgb = np.stack([(lab > 0) * 150, (lab > 0) * 90, (lab > 0) * 30], -1).astype(np.uint8) + 10
+    assert network_input(rgb, 1).shape == (1, 64, 64)
+    assert np.allclose(network_input(rgb, 1)[0], rgb.mean(-1))
+    tifffile.imwrite(tmp_path / "a_img.tif", rgb)
+    tifffile.imwrite(tmp_path / "a_masks.tif", lab)
+    torch.manual_seed(0)
+    base = UNet([1, 8, 16, 32], diam_mean=14.0)
+    kw = dict(strategy="classic", steps=2, batch_size=2, tile=32, device="cpu", progress=False)
+    r1 = finetune(base, [(rgb, lab)], **kw)
+    r2 = finetune(base, tmp_path, **kw)
+    assert _equal_weights(r1.model, r2.model)
+    with pytest.raises(ValueError, match="shot 0"):
+        finetune(base, [(np.zeros((5, 64, 64, 2)), lab)], **kw)

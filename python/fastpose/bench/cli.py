@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(contrastive and classic) against the number of annotated images")
     fs.add_argument("--data", required=True, metavar="DIR", help="the target set: *_img.tif + *_masks.tif")
     fs.add_argument("--model", default="nuclei", help="base model: bundled name or file (default nuclei)")
+    fs.add_argument("--test", default=None, metavar="DIR",
+                    help="score on this folder of *_img.tif + *_masks.tif (its images are also the query images) "
+                         "instead of on the --data images not drawn")
     fs.add_argument("--shots", type=_int(1, 100_000), nargs="+", default=[1, 2, 4, 8],
                     help="shot levels (default 1 2 4 8)")
     fs.add_argument("--draws", type=_int(1, 1000), default=3,
@@ -163,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--strategies", nargs="+", choices=["contrastive", "classic"],
                     default=["contrastive", "classic"], help="fine-tuning strategies (default both)")
     fs.add_argument("--steps", type=_int(1, 1_000_000), default=100, help="fine-tuning steps (default 100)")
+    fs.add_argument("--halve-every", type=_int(1, 1_000_000), default=None, metavar="N",
+                    help="halve the learning rate every N steps (default a quarter of --steps)")
     fs.add_argument("--batch-size", type=_int(1, checks.LIMITS["batch_size"]), default=8,
                     help="crops per step (default 8)")
     fs.add_argument("--tile", type=_int(16, 4096), default=224, help="crop side (default 224)")
@@ -172,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score at most N of the images not drawn (default all)")
     fs.add_argument("--contrast", default=None, metavar="DIR",
                     help="contrast styles (a folder of style folders; default the shipped ones)")
+    fs.add_argument("--contrast-styles", nargs="+", default=None, metavar="STYLE",
+                    help="keep only these contrast styles (e.g. those other than the target's: dsb_fluorescence "
+                         "synthetic_cells)")
     fs.add_argument("--seed", type=_int(0, 2 ** 31 - 1), default=0, help="seed of the draws and fine-tuning")
     fs.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     fs.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -267,9 +275,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "fewshot":
         from .fewshot import bench_fewshot, plot_fewshot, print_fewshot_table
-        res = bench_fewshot(args.data, args.model, shots=args.shots, draws=args.draws, strategies=args.strategies,
-                            steps=args.steps, batch_size=args.batch_size, tile=args.tile,
-                            channel_axis=args.channel_axis, max_test=args.max_test, contrast=args.contrast,
+        res = bench_fewshot(args.data, args.model, test=args.test, shots=args.shots, draws=args.draws,
+                            strategies=args.strategies, steps=args.steps, halve_every=args.halve_every,
+                            batch_size=args.batch_size, tile=args.tile, channel_axis=args.channel_axis,
+                            max_test=args.max_test, contrast=args.contrast, contrast_styles=args.contrast_styles,
                             seed=args.seed, device=args.device)
         print_fewshot_table(res)
         if args.json:

@@ -67,57 +67,90 @@ def _scores(truth: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> Dict[st
             "aji": float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(truth, preds)]))}
 
 
-def bench_fewshot(data: Any, model: Any = "nuclei", *, shots: Sequence[int] = (1, 2, 4, 8), draws: int = 3,
-                  strategies: Sequence[str] = ("contrastive", "classic"), steps: int = 100, batch_size: int = 8,
-                  tile: int = 224, channel_axis: Optional[int] = None, max_test: Optional[int] = None,
-                  contrast: Any = None, seed: int = 0, device: str = "auto") -> Dict[str, Any]:
-    """Run the protocol of the module docstring; plain JSON types.  ``max_test`` caps the test images per draw
-    (the first of those not drawn); ``contrast`` as for :func:`fastpose.finetune`."""
+def bench_fewshot(data: Any, model: Any = "nuclei", *, test: Any = None, shots: Sequence[int] = (1, 2, 4, 8),
+                  draws: int = 3, strategies: Sequence[str] = ("contrastive", "classic"), steps: int = 100,
+                  batch_size: int = 8, tile: int = 224, channel_axis: Optional[int] = None,
+                  max_test: Optional[int] = None, contrast: Any = None, contrast_styles: Optional[Sequence[str]] = None,
+                  halve_every: Optional[int] = None, seed: int = 0, device: str = "auto") -> Dict[str, Any]:
+    """Run the protocol of the module docstring; plain JSON types.
+
+    ``test``: a second folder of annotated images to score on instead of the images not drawn (the shots are then
+    drawn from ``data``; the query images are the test images).  ``max_test`` caps the test images per draw (the
+    first of them).  ``contrast`` as for :func:`fastpose.finetune`; ``contrast_styles`` keeps only the named styles
+    of it (for example the styles other than the target's).  ``halve_every``: steps per halving of the rate
+    (default a quarter of ``steps``, as the recipe's 25 of 100).  Colour images are averaged to grey for one-channel
+    networks (:func:`fastpose.scellseg.network_input`), for fine-tuning and segmentation alike."""
     from .. import checks
     from ..inference import Segmenter
     from ..io import read_image
-    from ..scellseg.finetune import STRATEGIES, finetune
+    from ..scellseg.finetune import STRATEGIES, default_contrast, finetune, load_styles, network_input
     from ..train.data import folder_ids
 
     shots = [checks.integer(k, "shots", lo=1) for k in shots]
     draws = checks.integer(draws, "draws", lo=1)
+    steps = checks.integer(steps, "steps", lo=1)
+    halve_every = max(1, steps // 4) if halve_every is None else checks.integer(halve_every, "halve_every", lo=1)
     for s in strategies:
         checks.choice(s, "strategy", STRATEGIES)
-    pairs = folder_ids(data)
-    n = len(pairs)
-    if max(shots) >= n:
-        raise ValueError(f"{data}: {n} images, too few for {max(shots)} shots and at least one test image")
-    images = [read_image(p) for p, _, _ in pairs]
-    masks = [read_image(m) for _, m, _ in pairs]
-    names = [i for _, _, i in pairs]
-    t_all = time.perf_counter()
     base = Segmenter(model, device=device)
+
+    def load(folder: Any) -> Any:
+        pairs = folder_ids(folder)
+        return ([network_input(read_image(p), base.nchan, channel_axis, p.name) for p, _, _ in pairs],
+                [read_image(m) for _, m, _ in pairs], [i for _, _, i in pairs])
+
+    images, masks, names = load(data)
+    n = len(images)
+    if test is None and max(shots) >= n:
+        raise ValueError(f"{data}: {n} images, too few for {max(shots)} shots and at least one test image")
+    if test is not None and max(shots) > n:
+        raise ValueError(f"{data}: {n} images, too few for {max(shots)} shots")
+    t_images, t_masks, t_names = load(test) if test is not None else (None, None, None)
+    if contrast_styles is not None:
+        pool = default_contrast() if contrast is None else (contrast if isinstance(contrast, dict)
+                                                            else load_styles(contrast))
+        missing = sorted(set(contrast_styles) - set(pool))
+        if missing:
+            raise ValueError(f"contrast_styles: no style {missing}; the styles are {sorted(pool)}")
+        contrast = {k: pool[k] for k in contrast_styles}
+    t_all = time.perf_counter()
     rows: List[Dict[str, Any]] = []
     for k in shots:
         for d in range(draws):
             pick = draw_shots(n, k, d, seed)
-            rest = [j for j in range(n) if j not in pick]
-            test = rest[:max_test] if max_test else rest
+            if t_images is None:
+                rest = [j for j in range(n) if j not in pick]
+                query = [images[j] for j in rest]
+                pool_img, pool_mask = images, masks
+            else:
+                rest = list(range(len(t_images)))
+                query = list(t_images)
+                pool_img, pool_mask = t_images, t_masks
+            test_ids = rest[:max_test] if max_test else rest
             shot_pairs = [(images[j], masks[j]) for j in pick]
-            truth = [masks[j] for j in test]
+            truth = [pool_mask[j] for j in test_ids]
             entry: Dict[str, Any] = {"shots": k, "draw": d, "shot_ids": [names[j] for j in pick],
-                                     "n_test": len(test)}
+                                     "n_test": len(test_ids)}
             diameter = None
             for strat in strategies:
-                res = finetune(model, shot_pairs, query=[images[j] for j in rest] if strat == "contrastive" else None,
-                               contrast=contrast, strategy=strat, steps=steps, batch_size=batch_size, tile=tile,
-                               channel_axis=channel_axis, seed=seed, device=device, progress=False)
+                res = finetune(model, shot_pairs,
+                               query=query if strat == "contrastive" else None, contrast=contrast, strategy=strat,
+                               steps=steps, halve_every=halve_every, batch_size=batch_size, tile=tile,
+                               channel_axis=0, seed=seed,
+                               device=device, progress=False)
                 diameter = res.diameter
                 seg = Segmenter(res.model, device=device)
-                preds = [seg.segment(images[j], channel_axis=channel_axis, diameter=res.diameter, **INFERENCE).masks
-                         for j in test]
+                preds = [seg.segment(pool_img[j], channel_axis=0, diameter=res.diameter, **INFERENCE).masks
+                         for j in test_ids]
                 entry[strat] = {**_scores(truth, preds), "seconds_per_step": round(res.seconds_per_step, 3)}
                 log.info("%d shot(s), draw %d, %s: mAP %.3f, AJI %.3f", k, d, strat, entry[strat]["map"],
                          entry[strat]["aji"])
-            preds = [base.segment(images[j], channel_axis=channel_axis, diameter=diameter, **INFERENCE).masks
-                     for j in test]
+            preds = [base.segment(pool_img[j], channel_axis=0, diameter=diameter, **INFERENCE).masks
+                     for j in test_ids]
             entry["base"] = _scores(truth, preds)
             entry["diameter"] = diameter
+            log.info("%d shot(s), draw %d, base: mAP %.3f, AJI %.3f", k, d, entry["base"]["map"],
+                     entry["base"]["aji"])
             rows.append(entry)
     summary: Dict[str, Any] = {}
     for strat in list(strategies) + ["base"]:
@@ -129,10 +162,14 @@ def bench_fewshot(data: Any, model: Any = "nuclei", *, shots: Sequence[int] = (1
             xs = [k for k in shots for _ in per[k]]
             ys = [v for k in shots for v in per[k]]
             summary[strat]["fit"] = fit_hyperbola(xs, ys)
-    return {"benchmark": "fewshot", "machine": machine_header(), "data": str(data), "n_images": n,
+    return {"benchmark": "fewshot", "machine": machine_header(), "data": str(data),
+            "test": None if test is None else str(test), "n_images": n,
+            "n_test_images": None if t_images is None else len(t_images),
             "model": model if isinstance(model, str) else type(model).__name__,
             "protocol": {"shots": list(shots), "draws": draws, "strategies": list(strategies), "steps": steps,
+                         "halve_every": halve_every,
                          "batch_size": batch_size, "tile": tile, "max_test": max_test, "seed": seed,
+                         "contrast_styles": None if contrast_styles is None else list(contrast_styles),
                          "inference": dict(INFERENCE)},
             "rows": rows, "summary": summary, "seconds": round(time.perf_counter() - t_all, 1)}
 
@@ -151,7 +188,8 @@ def print_fewshot_table(res: Mapping[str, Any]) -> None:
         cells = "".join(f"{s['map'][k]:>9.3f}/{s['aji'][k]:<8.3f}" for k in levels)
         ft = f"{fit['bmax']:.3f} / {fit['kd']:.2f}" if fit else "-"
         print(f"{strat:<13}{cells}   {ft}")
-    print("# cells: mAP (IoU 0.50:0.05:0.95) / AJI, mean over draws, on the images not drawn; base: no fine-tuning")
+    where = f"on {res['test']}" if res.get("test") else "on the images not drawn"
+    print(f"# cells: mAP (IoU 0.50:0.05:0.95) / AJI, mean over draws, {where}; base: no fine-tuning")
     print(f"# {res['seconds']:.0f} s in all")
 
 

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 
 from .. import checks
 
-__all__ = ["finetune", "FinetuneResult", "contrastive_loss", "default_contrast", "load_styles", "STRATEGIES"]
+__all__ = ["finetune", "FinetuneResult", "contrastive_loss", "default_contrast", "load_styles", "network_input",
+           "STRATEGIES"]
 
 log = logging.getLogger("fastpose.finetune")
 
@@ -144,23 +145,33 @@ def _crop_resize(img: np.ndarray, tile: int, rng: np.random.Generator) -> np.nda
 
 
 def _prepared(images: Sequence[np.ndarray], nchan: int, channel_axis: Optional[int], what: str) -> List[np.ndarray]:
-    from ..train.data import prepare_image
     from ..transforms import normalize_percentile
 
     out = []
     for i, a in enumerate(images):
-        ca = None if a.ndim == 2 else channel_axis
-        if a.ndim == 3 and ca is None:
-            ca = -1 if a.shape[-1] in (3, 4) else 0  # colour files (channels last), else channels first
-        grey = a.ndim == 3 and a.shape[ca] in (3, 4)  # colour: averaged to grey, as the nuclei recipe does
-        try:
-            x = prepare_image(a, nchan, ca, None, grey)
-        except ValueError as e:
-            raise ValueError(f"{what}[{i}]: {e}") from None
+        x = network_input(a, nchan, channel_axis, f"{what}[{i}]")
         if not np.isfinite(x).all():
             raise ValueError(f"{what}[{i}]: image contains NaN or Inf")
         out.append(normalize_percentile(x))
     return out
+
+
+def network_input(a: np.ndarray, nchan: int, channel_axis: Optional[int] = None, what: str = "image") -> np.ndarray:
+    """``a`` as the network's [nchan, Y, X] input, not normalised: ``channel_axis`` when given, else colour
+    images ([Y, X, 3|4]) channels last and other 3D arrays channels first; colour averaged to grey, as the nuclei
+    recipe does (:func:`fastpose.train.data.prepare_image`).  ValueError naming ``what`` for an image that does not
+    fit."""
+    from ..train.data import prepare_image
+
+    a = np.asarray(a)
+    ca = None if a.ndim == 2 else channel_axis
+    if a.ndim == 3 and ca is None:
+        ca = -1 if a.shape[-1] in (3, 4) else 0
+    grey = a.ndim == 3 and a.shape[ca] in (3, 4)
+    try:
+        return prepare_image(a, nchan, ca, None, grey)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 def finetune(model: Any, shots: Any, query: Any = None, contrast: Any = None, *, strategy: str = "contrastive",
@@ -187,8 +198,8 @@ def finetune(model: Any, shots: Any, query: Any = None, contrast: Any = None, *,
         The recipe: optimiser steps, crops per batch, Adam's rate for the network and for ``alpha`` (its initial
         value), steps per halving of the rates, crop side (a multiple of the network's size multiple).
     channel_axis
-        Channel axis of multichannel shot / query files and arrays (default: channels-first arrays, colour files
-        averaged to grey).
+        Channel axis of multichannel shot / query files and arrays (default: colour images, [Y, X, 3|4], channels
+        last; other 3D arrays channels first); colour is averaged to grey.
     seed, device, progress
         Seed of the crops, the draws and the initial state; "auto", "cpu" or "cuda"; a progress bar (seconds per
         step in its postfix and in ``seconds_per_step``).
@@ -201,7 +212,8 @@ def finetune(model: Any, shots: Any, query: Any = None, contrast: Any = None, *,
 
     from ..models import load_model
     from ..train.augment import augment_sample
-    from ..train.data import TrainData, as_train_data, load_folder
+    from ..io import read_image
+    from ..train.data import TrainData, folder_ids, from_arrays
     from ..train.loop import resolve_device, seg_loss
 
     strategy = checks.choice(strategy, "strategy", STRATEGIES)
@@ -229,11 +241,13 @@ def finetune(model: Any, shots: Any, query: Any = None, contrast: Any = None, *,
     mult = int(getattr(net, "size_multiple", 1))
     if tile % mult:
         raise ValueError(f"tile must be a multiple of {mult} for this network, got {tile}")
-    kw: Dict[str, Any] = {} if channel_axis is None else {"channel_axis": channel_axis}
     if isinstance(shots, (str, os.PathLike)):
-        shot_data: TrainData = load_folder(shots, nchan=nchan, **kw)
+        pairs = [(read_image(p), read_image(m), stem) for p, m, stem in folder_ids(shots)]
     else:
-        shot_data = as_train_data(list(shots), nchan, channel_axis=channel_axis if channel_axis is not None else 0)
+        pairs = [(np.asarray(p[0]), np.asarray(p[1]), f"shot {i}") for i, p in enumerate(shots)]
+    shot_data: TrainData = from_arrays([network_input(x, nchan, channel_axis, name) for x, _, name in pairs],
+                                       [m for _, m, _ in pairs], nchan=nchan, channel_axis=0,
+                                       names=[name for _, _, name in pairs])
     if shot_data is None or len(shot_data) == 0:
         raise ValueError("no shots: pass annotated images (a folder of *_img.tif + *_masks.tif, or (image, masks) "
                          "pairs) with at least one mask each")
