@@ -22,7 +22,7 @@ import fastpose.core as fc
 
 from ..models.spec import ModelSpec
 
-__all__ = ["run_tiled", "run_tiled_bounded", "autocast_dtype"]
+__all__ = ["run_tiled", "run_tiled_bounded", "autocast_dtype", "network_forward"]
 
 
 def autocast_dtype(precision: str) -> torch.dtype:
@@ -75,7 +75,7 @@ def run_tiled(runners: Sequence[Any], imgs: torch.Tensor, spec: ModelSpec, *, ne
     flat = tiles.reshape(B * nt, C, tiles.shape[-2], tiles.shape[-1])
     out = torch.empty((B * nt, nout, flat.shape[-2], flat.shape[-1]), dtype=torch.float32, device=core_device)
     styles: Optional[torch.Tensor] = None
-    forward = _forward(runners, nout, net_device, precision)
+    forward = network_forward(runners, nout, net_device, precision)
     with torch.inference_mode():
         for i in range(0, flat.shape[0], batch_size):
             acc, sb = forward(flat[i:i + batch_size])
@@ -93,7 +93,7 @@ def run_tiled(runners: Sequence[Any], imgs: torch.Tensor, spec: ModelSpec, *, ne
     return y, _mean_style(styles.reshape(B, nt, -1))
 
 
-def _forward(runners: Sequence[Any], nout: int, net_device: torch.device,
+def network_forward(runners: Sequence[Any], nout: int, net_device: torch.device,
              precision: str) -> Callable[[torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """``f(tiles) -> (maps [b, nout, ty, tx] float32 on net_device, style [b, S] or None)``: one network batch,
     averaged over the runners (an ensemble), the same arithmetic for both tiled paths."""
@@ -188,7 +188,7 @@ def run_tiled_bounded(runners: Sequence[Any], image: Any, spec: ModelSpec, *, ne
             v = v[:, :, ::-1]
         return v
 
-    forward = _forward(runners, nout, net_device, precision)
+    forward = network_forward(runners, nout, net_device, precision)
     styles: Optional[torch.Tensor] = None
     nt = grid.count
     with torch.inference_mode():

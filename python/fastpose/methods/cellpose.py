@@ -19,7 +19,7 @@ __all__ = ["postprocess", "estimate_diameter", "default_niter", "CELLPOSE"]
 log = logging.getLogger("fastpose.methods")
 
 #: options of :func:`postprocess` (see :func:`fastpose.core.compute_masks`)
-OPTIONS = ("flow_threshold", "cellprob_threshold", "min_size", "niter")
+OPTIONS = ("flow_threshold", "cellprob_threshold", "min_size", "niter", "max_size_fraction")
 
 
 def default_niter(rescale: float, shape: Optional[Sequence[int]] = None) -> int:
