@@ -255,3 +255,118 @@ def test_real_nuclei_model_blocks_equal_whole(tmp_path):
     ref = seg.segment(mosaic, diameter=0).masks
     ap, *_ = average_precision([ref.astype(np.int64)], [lab.astype(np.int64)], [0.5])
     assert ap[0, 0] > 0.9
+
+
+# ---- OME-Zarr images and plates, many files ------------------------------------------------------------------
+
+def _ome_image(path, data, axes, chunks, fmt=None):
+    from ome_zarr.io import parse_url
+    from ome_zarr.writer import write_image
+
+    kw = {} if fmt is None else {"fmt": fmt}
+    store = parse_url(str(path), mode="w", **kw).store
+    root = zarr.group(store=store, **({} if fmt is None else {"zarr_format": 2}))
+    write_image(data, root, axes=axes, storage_options={"chunks": chunks}, **kw)
+    return str(path)
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_segment_zarr_writes_ome_labels(net, img2d, whole2d, tmp_path, version):
+    """A (t, c, z, y, x) image with t = z = 1: labels under labels/cells with the image's levels, readable by
+    ome-zarr's reader, equal to the whole-image labels; the table beside the .zarr folder."""
+    from ome_zarr.format import FormatV04
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    from fastpose.distributed import segment_zarr
+    from fastpose.distributed.omezarr import open_image, table_path
+
+    data = img2d[None, None, None]
+    p = _ome_image(tmp_path / "img.zarr", data, "tczyx", (1, 1, 1, 64, 64), FormatV04() if version == "0.4" else None)
+    (lab_path,) = segment_zarr(p, net, block=64, halo=48, **KW)
+    nodes = list(Reader(parse_url(lab_path))())
+    assert nodes and nodes[0].metadata.get("name") is not None or nodes
+    lab = open_image(lab_path)
+    assert lab.levels == open_image(p).levels and lab.version == version
+    assert same_partition(np.asarray(lab.array[0, 0]), whole2d)
+    rows = open(table_path(p)).read().splitlines()
+    assert len(rows) == 1 + whole2d.max()
+    with pytest.raises(ValueError, match="exists|overwrite"):
+        segment_zarr(p, net, block=64, halo=48, **KW)
+
+
+def test_segment_zarr_plate_fields(net, tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+    from fastpose.distributed import segment_zarr
+    from fastpose.distributed.omezarr import open_image
+
+    store = parse_url(str(tmp_path / "plate.zarr"), mode="w").store
+    root = zarr.group(store=store)
+    write_plate_metadata(root, ["A"], ["1", "2"], ["A/1", "A/2"])
+    imgs = {}
+    for w, col in enumerate(["1", "2"]):
+        well = root.require_group("A").require_group(col)
+        write_well_metadata(well, [{"path": "0"}])
+        im = blob_image((96, 110), 15, seed=20 + w)
+        imgs[col] = im
+        write_image(im, well.require_group("0"), axes="yx", storage_options={"chunks": (64, 64)})
+    paths = segment_zarr(str(tmp_path / "plate.zarr"), net, block=64, halo=40, **KW)
+    assert len(paths) == 2
+    for col, lp in zip(["1", "2"], paths):
+        whole = segment_blocks(imgs[col], net, block=imgs[col].shape, halo=0, **KW)
+        assert same_partition(np.asarray(open_image(lp).array), whole)
+
+
+def test_segment_files_on_a_cluster_resumes_and_survives_a_bad_file(net, threads_client, tmp_path):
+    import tifffile
+
+    from fastpose.distributed import segment_files
+
+    files = []
+    for k in range(3):
+        f = tmp_path / f"im{k}.tif"
+        tifffile.imwrite(f, blob_image((80, 90), 10, seed=30 + k))
+        files.append(f)
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff")
+    out = tmp_path / "out"
+    res = segment_files(files + [bad], net, out=out, client=threads_client, save=["masks", "csv"], diameter=0,
+                        backend="torch", progress=False)
+    assert [r.status for r in res] == ["done", "done", "done", "failed"] and "bad.tif" in res[3].path
+    assert all((out / f"im{k}_masks.tif").is_file() for k in range(3))
+    m0 = tifffile.imread(out / "im0_masks.tif")
+    (out / "im1_masks.tif").unlink()                # as if its worker died before the record was checked
+    again = segment_files(files, net, out=out, client=threads_client, save=["masks", "csv"], diameter=0,
+                          backend="torch", progress=False)
+    assert [r.status for r in again] == ["skipped", "done", "skipped"]
+    assert np.array_equal(tifffile.imread(out / "im0_masks.tif"), m0)
+
+
+def test_cli_segments_an_ome_zarr_and_files_on_a_local_cluster(tmp_path):
+    """``fastpose segment X.zarr --out DIR`` writes labels/cells and the CSV; TIFFs with ``--scheduler local``
+    write what they write without it."""
+    import tifffile
+
+    from fastpose.cli import main
+    from fastpose.distributed.omezarr import open_image
+    from fastpose.io import read_image, sample_paths
+
+    img = read_image(sample_paths()[0])
+    img = (img if img.ndim == 2 else img.mean(-1))[:200, :180].astype(np.uint16)
+    p = _ome_image(tmp_path / "s.zarr", img, "yx", (100, 100))
+    out = tmp_path / "out"
+    assert main(["segment", p, "--out", str(out), "--block", "100", "-q"]) == 0
+    lab = open_image(tmp_path / "s.zarr" / "labels" / "cells")
+    assert lab.array.shape == img.shape and np.asarray(lab.array).max() > 5
+    assert (out / "s_cells.csv").is_file()
+    assert main(["segment", p, "--out", str(out), "--diameter", "30", "-q"]) == 2      # not for .zarr inputs
+    assert main(["segment", p, "--out", str(out), "-q"]) == 1                           # exists: reported
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    tifffile.imwrite(tmp_path / "b.tif", img[::-1])
+    assert main(["segment", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--out", str(tmp_path / "o2"),
+                 "--scheduler", "local", "--workers", "1", "-q", "--diameter", "0"]) == 0
+    a = tifffile.imread(tmp_path / "o2" / "a_masks.tif")
+    assert main(["segment", str(tmp_path / "a.tif"), "--out", str(tmp_path / "o3"), "-q", "--diameter", "0"]) == 0
+    assert np.array_equal(a, tifffile.imread(tmp_path / "o3" / "a_masks.tif"))

@@ -245,6 +245,13 @@ def _segment(args: argparse.Namespace, b: _Batch) -> int:
     _check_segment_flags(args)
     kinds: List[str] = list(args.save)
     out = Path(args.out)
+    zarrs = [a for a in args.inputs if a.rstrip("/").endswith(".zarr") and Path(a).is_dir()]
+    if zarrs:
+        if len(zarrs) != len(args.inputs):
+            raise UsageError("give .zarr inputs (segmented block by block) and image files in separate runs")
+        return _segment_zarr(args, zarrs, b)
+    if args.block is not None or args.halo is not None:
+        raise UsageError("--block and --halo apply to .zarr inputs (OME-Zarr images and plates)")
     files = collect_inputs(args.inputs, args.recursive, out)
     if not files:
         raise UsageError(f"no input images (.tif, .tiff, .npy) found in {' '.join(args.inputs)}")
@@ -275,6 +282,8 @@ def _segment(args: argparse.Namespace, b: _Batch) -> int:
         _summary(b)
         return EXIT_OK
 
+    if args.scheduler is not None:
+        return _segment_files_dask(args, todo, kinds, b)
     seg = Segmenter(args.model, device=args.device, precision=args.precision, batch_size=args.batch_size,
                     backend=args.backend, max_memory=args.max_memory, restore=args.restore)
     if seg.is_image_model:
@@ -331,6 +340,98 @@ def _segment(args: argparse.Namespace, b: _Batch) -> int:
         skipped_2d = [k for k in kinds if k in KINDS_2D] if res.masks.ndim != 2 else []
         log.debug("%s: %d masks%s", f.path, int(res.masks.max()),
                   f" (not for volumes: {', '.join(skipped_2d)})" if skipped_2d else "")
+    _summary(b)
+    return EXIT_FAILED if b.failed else EXIT_OK
+
+
+def _client(args: argparse.Namespace) -> Any:
+    try:
+        from .distributed import make_client
+    except ImportError as e:
+        raise UsageError(f"--scheduler and .zarr inputs need the distributed extra: pip install "
+                         f"'fastpose[distributed]' ({e})") from None
+    return None if args.scheduler is None else make_client(args.scheduler, args.workers)
+
+
+def _close(client: Any) -> None:
+    """Close a client and the local cluster it started (``--scheduler local``)."""
+    if client is None:
+        return
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _segment_zarr(args: argparse.Namespace, zarrs: List[str], b: _Batch) -> int:
+    """``fastpose segment X.zarr``: each OME-Zarr image or plate block by block into its labels/ group."""
+    unsupported = [f for f, v in (("--diameter", args.diameter not in (None, 0.0)), ("--restore", args.restore),
+                                  ("--stitch-threshold", args.stitch_threshold > 0), ("--tile-norm", args.tile_norm),
+                                  ("--channel-axis", args.channel_axis is not None),
+                                  ("--z-axis", args.z_axis is not None), ("--do-3d", args.do_3d),
+                                  ("--object-size", args.object_size is not None)) if v]
+    if unsupported:
+        raise UsageError(f"{', '.join(unsupported)} do not apply to .zarr inputs: their axes come from the OME "
+                         "metadata (z longer than 1: 3D), and they are segmented at the model's scale")
+    if args.save != ["masks"]:
+        log.info("--save is for image files; a .zarr input gets labels/%s and a CSV in --out", args.labels_name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    client = _client(args)
+    from .distributed import segment_zarr
+
+    b.total = len(zarrs)
+    try:
+        for z in zarrs:
+            try:
+                paths = segment_zarr(z, args.model, name=args.labels_name, block=args.block, halo=args.halo,
+                                     client=client, overwrite=args.overwrite_labels, table=str(out),
+                                     channels=args.channels, augment=args.augment,
+                                     flow_threshold=args.flow_threshold, cellprob_threshold=args.cellprob_threshold,
+                                     min_size=args.min_size, niter=args.niter, normalize=not args.no_norm,
+                                     invert=args.invert, device=args.device, backend=args.backend,
+                                     batch_size=args.batch_size, progress=not args.quiet)
+            except (ValueError, OSError) as e:
+                b.failed.append(z)
+                log.error("%s: %s", z, flag_names(str(e)))
+                continue
+            b.done += 1
+            b.finished.append(z)
+            log.info("%s: %d label image(s) written: %s", z, len(paths), ", ".join(paths))
+    finally:
+        _close(client)
+    _summary(b)
+    return EXIT_FAILED if b.failed else EXIT_OK
+
+
+def _segment_files_dask(args: argparse.Namespace, todo: List[Any], kinds: List[str], b: _Batch) -> int:
+    """``fastpose segment FILES --scheduler ...``: one Dask task per file (outputs as without --scheduler)."""
+    if args.restore or args.max_memory is not None or args.object_size is not None:
+        raise UsageError("--restore, --max-memory and --object-size are not available with --scheduler")
+    from .distributed import segment_files
+
+    client = _client(args)
+    kw: Dict[str, Any] = {
+        "channel_axis": args.channel_axis, "z_axis": args.z_axis, "channels": args.channels,
+        "diameter": args.diameter, "do_3D": args.do_3d, "anisotropy": args.anisotropy,
+        "stitch_threshold": args.stitch_threshold, "augment": args.augment, "flow_threshold": args.flow_threshold,
+        "cellprob_threshold": args.cellprob_threshold, "min_size": args.min_size, "niter": args.niter,
+        "invert": args.invert, "normalize": False if args.no_norm else ("tile" if args.tile_norm else True)}
+    try:
+        by_dir: Dict[Path, List[Any]] = {}
+        for f in todo:
+            by_dir.setdefault(Path(args.out) / f.rel, []).append(f)
+        for dest, fs in by_dir.items():
+            for r in segment_files([f.path for f in fs], args.model, out=dest, client=client, save=kinds,
+                                   skip_existing=False, device=args.device, backend=args.backend,
+                                   batch_size=args.batch_size, progress=not args.quiet, **kw):
+                if r.status == "failed":
+                    b.failed.append(r.path)
+                else:
+                    b.done += 1
+                    b.finished.append(r.path)
+    finally:
+        _close(client)
     _summary(b)
     return EXIT_FAILED if b.failed else EXIT_OK
 
@@ -491,6 +592,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "redo incomplete ones, and outputs without a record (fastpose before records); "
                         "see below")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g = s.add_argument_group(
+        "beyond one machine (pip install 'fastpose[distributed]')",
+        "An OME-Zarr image or HCS plate (a .zarr folder) is segmented block by block into its own labels/ group "
+        "(the per-object CSV goes to --out), the labels equal to a whole-image run; with --scheduler, blocks (of "
+        ".zarr inputs) or files (of TIFF inputs, one task per file, resumable) run on a Dask cluster.")
+    g.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
+                   help="run on Dask: 'local' starts a cluster on this machine (--workers), an address such as "
+                        "tcp://host:8786 joins a running one (default: this process only)")
+    g.add_argument("--workers", type=_num(checks.integer, lo=1, hi=4096), default=None, metavar="N",
+                   help="workers of --scheduler local (default: one per 4 cores)")
+    g.add_argument("--block", type=_num(checks.integer, lo=16, hi=1 << 20), nargs="+", default=None, metavar="PX",
+                   help="block core size of .zarr inputs, one value or one per spatial axis (default 1024 in 2D, "
+                        "256 in 3D); each block writes its core only")
+    g.add_argument("--halo", type=_num(checks.integer, lo=0, hi=1 << 16), default=None, metavar="PX",
+                   help="context around each block, pixels: at least the largest object (default 4 x the model's "
+                        "cell diameter, at least 32); an object that reaches it is an error")
+    g.add_argument("--labels-name", default="cells", metavar="NAME",
+                   help="name of the label image written under a .zarr input's labels/ (default: cells)")
+    g.add_argument("--overwrite-labels", action="store_true",
+                   help="replace an existing label image of that name (an unfinished one is resumed anyway)")
     # the options only Cellpose-style post-processing reads, with their defaults: set otherwise with a Cellulus
     # model they are a warning (_family_flags)
     s.set_defaults(func=_cmd_segment, _cellpose_only={k: s.get_default(k) for k in (

@@ -43,8 +43,8 @@ import torch
 
 from .. import checks
 
-__all__ = ["segment_blocks", "run_block", "compact_ids", "BlockGrid", "BlockSource", "HaloError", "BlockResult",
-           "STATS_PIXELS", "default_halo"]
+__all__ = ["segment_blocks", "run_block", "compact_ids", "cached_segmenter", "BlockGrid", "BlockSource",
+           "HaloError", "BlockResult", "STATS_PIXELS", "default_halo"]
 
 log = logging.getLogger("fastpose.distributed")
 
@@ -221,7 +221,7 @@ class BlockResult:
 _SEGMENTERS: Dict[Any, Any] = {}
 
 
-def _segmenter(model: Any, device: str, backend: str, batch_size: int) -> Any:
+def cached_segmenter(model: Any, device: str = "auto", backend: str = "auto", batch_size: int = 8) -> Any:
     """The Segmenter of ``model``, loaded once per process (a worker keeps it for all its blocks)."""
     from ..inference import Segmenter
 
@@ -286,7 +286,7 @@ def run_block(idx: Tuple[int, ...], source: BlockSource, grid: BlockGrid, model:
     else:
         from ..inference.anchored import region_maps
 
-        seg = _segmenter(model, opts["device"], opts["backend"], opts["batch_size"])
+        seg = cached_segmenter(model, opts["device"], opts["backend"], opts["batch_size"])
         maps = region_maps(seg.runners, seg.spec, source.read, grid.shape, region, net_device=seg.device,
                            batch_size=seg.batch_size, precision=seg.precision, augment=opts["augment"],
                            tile_overlap=opts["tile_overlap"])
@@ -549,7 +549,7 @@ def segment_blocks(image: Any, model: Any = "nuclei", *, block: Union[int, Seque
         raise ValueError(f"image of shape {tuple(arr.shape)}: expected Y, X (2D) or Z, Y, X (with z_axis) spatial "
                          f"axes plus an optional channel_axis")
 
-    seg = model if isinstance(model, Segmenter) else _segmenter(model, device, backend, batch_size)
+    seg = model if isinstance(model, Segmenter) else cached_segmenter(model, device, backend, batch_size)
     if seg.family.run_net is not None:
         raise ValueError(f"a {seg.family.name} model runs its network itself, not through the generic tiles: "
                          "blockwise segmentation needs a model that does (Cellpose or panoptic)")
