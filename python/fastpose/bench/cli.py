@@ -14,6 +14,7 @@ Examples::
     fastpose-bench meanshift                  # mean shift of Cellulus-like embeddings (1024x1024) vs scikit-learn
     fastpose-bench cellulus --data /path/to/dsb2018/train --model cellulus.pth --model nuclei   # F1@0.5 and SEG
     fastpose-bench fewshot --data TARGET/ --model nuclei --shots 1 2 4 8 --png fewshot.png   # Scellseg's shot scale
+    fastpose-bench distributed --data /path/to/dsb2018/train --sizes 4096 8192   # blocks on Dask vs in memory
 
 Every figure is the median of ``--repeats`` runs after one warm-up run; GPU timings synchronise the
 device.  Peak memory is the growth of the process's peak resident set (Linux) during the call.
@@ -184,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     fs.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     fs.add_argument("--png", metavar="PATH", help="also plot mAP against shots (needs matplotlib)")
+    ds = sub.add_parser("distributed", help="blockwise segmentation on a Dask LocalCluster against the in-memory "
+                                             "path: time, peak memory per worker, agreement of the masks")
+    ds.add_argument("--data", required=True, metavar="DIR", help="DSB 2018 train folder (its one-channel images "
+                                                                 "make the mosaics)")
+    ds.add_argument("--sizes", type=_int(256, 1 << 20), nargs="+", default=[4096, 8192],
+                    help="mosaic sides, pixels (default 4096 8192)")
+    ds.add_argument("--model", default="nuclei", help="model (default nuclei)")
+    ds.add_argument("--block", type=_int(64, 1 << 16), default=1024, help="block core side (default 1024)")
+    ds.add_argument("--workers", type=_int(1, 1024), default=2, help="worker processes (default 2)")
+    ds.add_argument("--threads", type=_int(1, 1024), default=1, help="threads per worker (default 1)")
+    ds.add_argument("--no-memory", action="store_true", help="skip the in-memory runs")
+    ds.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     cl = sub.add_parser("cellulus", help="F1@0.5 and SEG (Cellulus' metrics, pooled) of Cellulus and Cellpose models "
                                          "on the nuclei recipe's held-out DSB images, fluorescence and all")
     cl.add_argument("--data", required=True, metavar="DIR",
@@ -272,6 +285,15 @@ def _run(args: argparse.Namespace) -> int:
             atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
         if args.card:
             merge_into_card(args.card, res)
+        return 0
+    if args.cmd == "distributed":
+        from .distributed import bench_distributed, print_distributed_table
+
+        res = bench_distributed(args.data, args.sizes, args.model, args.block, args.workers, args.threads,
+                                not args.no_memory)
+        print_distributed_table(res)
+        if args.json:
+            atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
         return 0
     if args.cmd == "fewshot":
         from .fewshot import bench_fewshot, plot_fewshot, print_fewshot_table

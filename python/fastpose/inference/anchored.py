@@ -7,8 +7,9 @@ and :func:`region_maps` computes the maps of a box from exactly the tiles that c
 same tiles, in the same order, in the same network batch size, so the maps of a box are bitwise those of the
 same pixels of the whole image computed here (the basis of :mod:`fastpose.distributed`'s exact blocks).
 
-* Tiles are ``spec.tile`` pixels square (zero beyond the image), ``stride = floor(tile * (1 - tile_overlap))``
-  apart, or half a tile with flip test-time augmentation (Cellpose's flip pattern by the tile's global row and
+* Tiles are ``spec.tile`` pixels square (zero beyond the image), ``stride = floor(tile / (1 + 2 * tile_overlap))``
+  apart (the density of Cellpose's tiles on a large image: ``ceil((1 + 2 * overlap) * L / tile)`` tiles over
+  ``L`` px), or half a tile with flip test-time augmentation (Cellpose's flip pattern by the tile's global row and
   column parity: :func:`flip_of`).
 * Blending: each pixel is the mean of its tiles' un-flipped outputs weighted by Cellpose's sigmoid taper
   (:func:`fastpose.core.tiles.taper_mask`), summed in float64 in global tile order, divided once, cast to
@@ -43,10 +44,10 @@ Box = Sequence[Tuple[int, int]]
 
 def stride_of(tile: int, augment: bool, tile_overlap: float) -> int:
     """Distance between tile origins: half a tile with ``augment`` (Cellpose's flip TTA overlaps by half),
-    else ``floor(tile * (1 - tile_overlap))`` (at least 1)."""
+    else ``floor(tile / (1 + 2 * tile_overlap))`` (Cellpose's tile density; at least 1)."""
     if augment:
         return max(1, tile // 2)
-    return max(1, int(math.floor(tile * (1.0 - float(tile_overlap)))))
+    return max(1, int(math.floor(tile / (1.0 + 2.0 * float(tile_overlap)))))
 
 
 def flip_of(j: int, i: int) -> int:
