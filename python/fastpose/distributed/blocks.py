@@ -19,6 +19,10 @@ How a block agrees with the whole image, with no communication between blocks:
    ``offset(owner) + rank of the anchor among the owner's anchors``, offsets from the per-block counts, so a
    block needs the anchor lists of its neighbours only, never a global table.
 
+The fallback for models whose blocks cannot agree exactly, ``stitch="match"``: provisional ids per block,
+objects of neighbouring blocks joined when they are each other's best IoU match in the overlap of their regions
+(all 3^d - 1 neighbours), union-find, renumbered 1..N.
+
 Blocks run in this process (``client=None``) or as tasks on a ``dask.distributed`` client (threads or
 processes; each worker loads the model once).  With ``out`` a zarr array (or a path), each block writes its
 core to it (chunks aligned with the blocks) and records itself done; a rerun after a crash skips the blocks
@@ -43,7 +47,7 @@ import torch
 
 from .. import checks
 
-__all__ = ["segment_blocks", "run_block", "compact_ids", "cached_segmenter", "BlockGrid", "BlockSource",
+__all__ = ["segment_blocks", "run_block", "compact_ids", "cached_segmenter", "mutual_matches", "BlockGrid", "BlockSource",
            "HaloError", "BlockResult", "STATS_PIXELS", "default_halo"]
 
 log = logging.getLogger("fastpose.distributed")
@@ -205,6 +209,7 @@ class BlockResult:
     seconds: float = 0.0
     labels: Optional[np.ndarray] = None     #: the core's uint64 ids (only when there is no output array)
     kept_cut: int = 0                        #: objects reaching the halo's edge kept (``on_edge="keep"``)
+    region: Optional[np.ndarray] = None      #: ``stitch="match"``: the region's provisional ids (no output array)
 
     def to_json(self) -> Dict[str, Any]:
         return {"index": list(self.index), "skipped": self.skipped, "owned": self.owned,
@@ -300,11 +305,19 @@ def run_block(idx: Tuple[int, ...], source: BlockSource, grid: BlockGrid, model:
             labels, first = labels[1:], first[1:]
         if labels.size and not np.array_equal(labels, np.arange(1, labels.size + 1)):
             raise RuntimeError("post-processing returned labels that are not 1..N")  # relabel rule broken
+        inner = tuple(slice(a - ra, b - ra) for (a, b), (ra, _) in zip(core, region))
+        if opts.get("stitch") == "match":
+            _provisional(res, lab, inner, grid.flat(idx), out, core, done)
+            res.seconds = time.perf_counter() - t0
+            if done is not None:
+                from ..io import atomic_write
+
+                atomic_write(Path(done) / f"{grid.flat(idx)}.json", lambda f: json.dump(res.to_json(), f), text=True)
+            return res
         sizes = [b - a for a, b in region]
         anchor = np.stack(np.unravel_index(first, sizes)) + np.array([a for a, _ in region])[:, None]
         ids = np.zeros(labels.size + 1, np.uint64)
         ids[1:] = np.ravel_multi_index(tuple(anchor), grid.shape).astype(np.uint64) + np.uint64(1)
-        inner = tuple(slice(a - ra, b - ra) for (a, b), (ra, _) in zip(core, region))
         on_core = np.unique(lab[inner])
         on_core = on_core[on_core > 0]
         cut = _cut_objects(lab, region, grid.shape, on_core)
@@ -329,6 +342,112 @@ def run_block(idx: Tuple[int, ...], source: BlockSource, grid: BlockGrid, model:
 
         atomic_write(Path(done) / f"{grid.flat(idx)}.json", lambda f: json.dump(res.to_json(), f), text=True)
     return res
+
+
+def _provisional(res: BlockResult, lab: np.ndarray, inner: Tuple[slice, ...], flat: int, out: Any,
+                 core: Sequence[Tuple[int, int]], done: Optional[str]) -> None:
+    """``stitch="match"``: ids ``block << 32 | label`` (unique with no communication) on the whole region; the core
+    written (or returned), the region kept for matching with the neighbours (returned, or saved in ``done``)."""
+    n = int(lab.max())
+    if n >= 1 << 32:
+        raise ValueError(f"a block holds {n} objects, more than 2**32: use smaller blocks")
+    pid = np.zeros(n + 1, np.uint64)
+    pid[1:] = (np.uint64(flat) << np.uint64(32)) | np.arange(1, n + 1, dtype=np.uint64)
+    reg = pid[lab]
+    core_ids = reg[inner]
+    u = np.unique(core_ids)
+    res.owned = {"id": [int(v) for v in u[u > 0]]}
+    if out is None:
+        res.labels = core_ids
+        res.region = reg
+    else:
+        out[tuple(slice(a, b) for a, b in core)] = core_ids
+        from ..io import atomic_write
+
+        atomic_write(Path(done) / f"{flat}.region.npy", lambda f: np.save(f, reg))
+
+
+def mutual_matches(a: np.ndarray, b: np.ndarray, iou: float) -> List[Tuple[int, int]]:
+    """Pairs ``(label of a, label of b)`` of two label images of the same box that are each other's best match by
+    IoU (over the box) with IoU >= ``iou``."""
+    fa, fb = a.ravel(), b.ravel()
+    both = (fa > 0) & (fb > 0)
+    if not both.any():
+        return []
+    ua, ca = np.unique(fa[fa > 0], return_counts=True)
+    ub, cb = np.unique(fb[fb > 0], return_counts=True)
+    pairs, inter = np.unique(np.stack([fa[both], fb[both]]), axis=1, return_counts=True)
+    sa = ca[np.searchsorted(ua, pairs[0])]
+    sb = cb[np.searchsorted(ub, pairs[1])]
+    score = inter / (sa + sb - inter)
+    order = np.argsort(-score, kind="stable")
+    best_a: Dict[int, int] = {}
+    best_b: Dict[int, int] = {}
+    for k in order:
+        best_a.setdefault(int(pairs[0, k]), int(k))
+        best_b.setdefault(int(pairs[1, k]), int(k))
+    return [(int(pairs[0, k]), int(pairs[1, k])) for k in best_a.values()
+            if best_b.get(int(pairs[1, k])) == k and score[k] >= iou]
+
+
+def _match_mapping(grid: BlockGrid, results: Mapping[int, BlockResult], region_of: Any,
+                   iou: float) -> Tuple[np.ndarray, np.ndarray]:
+    """``(keys, values)``: every provisional id on a core (sorted) and its final id 1..N, after union-find over the
+    mutual IoU matches of every pair of neighbouring blocks (all 3^d - 1 neighbours) in the overlap of their
+    regions."""
+    parent: Dict[int, int] = {}
+
+    def find(x: int) -> int:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for idx in grid.indices():
+        k = grid.flat(idx)
+        ra = grid.region(idx)
+        for d in itertools.product(*([-1, 0, 1],) * len(idx)):
+            nb = tuple(i + e for i, e in zip(idx, d))
+            if not all(0 <= a < n for a, n in zip(nb, grid.counts)) or grid.flat(nb) <= k:
+                continue
+            rb = grid.region(nb)
+            box = [(max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(ra, rb)]
+            if any(hi <= lo for lo, hi in box):
+                continue
+            A, B = region_of(k), region_of(grid.flat(nb))
+            if A is None or B is None:
+                continue
+            sa = tuple(slice(lo - r0, hi - r0) for (lo, hi), (r0, _) in zip(box, ra))
+            sb = tuple(slice(lo - r0, hi - r0) for (lo, hi), (r0, _) in zip(box, rb))
+            for x, y in mutual_matches(A[sa], B[sb], iou):
+                rx, ry = find(x), find(y)
+                if rx != ry:
+                    parent[max(rx, ry)] = min(rx, ry)
+    keys = np.unique(np.concatenate([np.asarray(r.owned.get("id", []), np.uint64) for r in results.values()]
+                                    + [np.zeros(0, np.uint64)]))
+    roots = np.array([find(int(v)) for v in keys], np.uint64)
+    _, final = np.unique(roots, return_inverse=True)
+    return keys, final.astype(np.uint64) + np.uint64(1)
+
+
+def _map_ids(ids: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.zeros(ids.shape, np.uint64)
+    nz = ids > 0
+    if nz.any():
+        out[nz] = values[np.searchsorted(keys, ids[nz])]
+    return out
+
+
+def _map_block(idx: Tuple[int, ...], grid: BlockGrid, out: Any, keys: np.ndarray, values: np.ndarray,
+               done: Optional[str]) -> None:
+    if done is not None and (Path(done) / f"{grid.flat(idx)}.compact").exists():
+        return
+    sl = tuple(slice(a, b) for a, b in grid.core(idx))
+    out[sl] = _map_ids(np.asarray(out[sl]), keys, values)
+    if done is not None:
+        (Path(done) / f"{grid.flat(idx)}.compact").touch()
 
 
 def _cut_objects(lab: np.ndarray, region: Sequence[Tuple[int, int]], shape: Sequence[int],
@@ -473,7 +592,8 @@ def segment_blocks(image: Any, model: Any = "nuclei", *, block: Union[int, Seque
                    normalize: bool = True, stats: Any = None, invert: bool = False, flow_threshold: float = 0.4,
                    cellprob_threshold: float = 0.0, min_size: int = 15, niter: Optional[int] = None,
                    max_size_fraction: float = 0.4, foreground: Any = None, on_edge: str = "raise",
-                   compact: bool = True, overwrite: bool = False, table: Any = None, device: str = "auto",
+                   compact: bool = True, stitch: str = "exact", match_iou: float = 0.5, overwrite: bool = False,
+                   table: Any = None, device: str = "auto",
                    backend: str = "auto", batch_size: int = 8, progress: bool = True) -> Any:
     """Segment a large 2D image or 3D volume block by block, the labels equal to a whole-image run (see the
     module docstring for how).
@@ -513,6 +633,12 @@ def segment_blocks(image: Any, model: Any = "nuclei", *, block: Union[int, Seque
         computed it (logged; its pieces in neighbouring blocks may then disagree).
     compact : bool
         Renumber the anchor ids to 1..N (a second, local pass).
+    stitch, match_iou : "exact" or "match", float
+        ``"exact"`` (default): ownership, as above.  ``"match"``: the fallback for models whose blocks cannot
+        agree exactly (any resizing, a network without fixed tiles): each block labels its region with ids
+        ``block << 32 | label`` and writes its core; objects of neighbouring blocks (all 3^d - 1 of them) that are
+        each other's best match by IoU >= ``match_iou`` in the overlap of their regions are joined (union-find),
+        and the ids are renumbered 1..N (``compact`` implied; no table).  Needs a halo.
     overwrite : bool
         Redo a finished ``out`` (or one left by a run with other settings).
     table : path, optional
@@ -536,6 +662,8 @@ def segment_blocks(image: Any, model: Any = "nuclei", *, block: Union[int, Seque
     min_size = checks.integer(min_size, "min_size", lo=0)
     max_size_fraction = checks.number(max_size_fraction, "max_size_fraction", lo=0.0)
     on_edge = checks.choice(on_edge, "on_edge", ("raise", "keep"))
+    stitch = checks.choice(stitch, "stitch", ("exact", "match"))
+    match_iou = checks.number(match_iou, "match_iou", lo=0.0, lo_open=True, hi=1.0)
     compact = checks.boolean(compact, "compact")
     channel_axis = checks.axis(channel_axis, "channel_axis")
     z_axis = checks.axis(z_axis, "z_axis")
@@ -581,7 +709,9 @@ def segment_blocks(image: Any, model: Any = "nuclei", *, block: Union[int, Seque
     niter = checks.integer(niter, "niter", lo=1, hi=checks.LIMITS["niter"])
     if foreground is not None and np.ndim(foreground) != sd:
         raise ValueError(f"foreground must have the image's {sd} spatial axes, got shape {np.shape(foreground)}")
-    opts = {"device": device, "backend": backend, "batch_size": int(batch_size), "augment": augment,
+    if stitch == "match" and (min(hal) == 0 or table is not None):
+        raise ValueError("stitch='match' needs a halo > 0 (the overlaps it matches in) and writes no table")
+    opts = {"stitch": stitch, "device": device, "backend": backend, "batch_size": int(batch_size), "augment": augment,
             "tile_overlap": float(tile_overlap), "max_size_fraction": float(max_size_fraction), "on_edge": on_edge,
             "post": {"flow_threshold": flow_threshold, "cellprob_threshold": cellprob_threshold,
                      "min_size": min_size, "niter": niter}}
@@ -604,6 +734,8 @@ def segment_blocks(image: Any, model: Any = "nuclei", *, block: Union[int, Seque
     t_all = time.perf_counter()
     for r in _run_all(todo, src, grid, model_ref, opts, zout, done, foreground, client, progress):
         results[grid.flat(r.index)] = r
+    if stitch == "match":
+        return _finish_match(grid, results, zout, done, client, match_iou, token)
     n_cut = sum(r.kept_cut for r in results.values())
     offsets, owned = _compact_table(grid, results)
     n_obj = int(sum(v.size for v in owned.values()))
@@ -624,6 +756,41 @@ def segment_blocks(image: Any, model: Any = "nuclei", *, block: Union[int, Seque
     if compact:
         _run_compaction(grid, zout, offsets, owned, done, client)
     zout.attrs["fastpose"] = {"token": token, "complete": True, "objects": n_obj, "compact": compact}
+    shutil.rmtree(done, ignore_errors=True)
+    return zout
+
+
+def _finish_match(grid: BlockGrid, results: Mapping[int, BlockResult], zout: Any, done: Optional[str], client: Any,
+                  iou: float, token: str) -> Any:
+    """``stitch="match"``: join the objects of neighbouring blocks, renumber, write (or return) the labels."""
+    from ..labels import labels_dtype
+
+    def region_of(k: int) -> Optional[np.ndarray]:
+        if zout is None:
+            return results[k].region
+        f = Path(done) / f"{k}.region.npy"
+        return np.load(f) if f.is_file() else None
+
+    t0 = time.perf_counter()
+    keys, values = _match_mapping(grid, results, region_of, iou)
+    n = int(values.max()) if values.size else 0
+    log.info("matched the blocks' overlaps in %.1f s: %d piece(s) -> %d object(s)", time.perf_counter() - t0,
+             keys.size, n)
+    if zout is None:
+        lab = np.zeros(grid.shape, np.uint64)
+        for k, r in results.items():
+            idx = np.unravel_index(k, grid.counts)
+            lab[tuple(slice(a, b) for a, b in grid.core(idx))] = r.labels
+        return _map_ids(lab, keys, values).astype(labels_dtype(n))
+    if client is None:
+        for idx in grid.indices():
+            _map_block(idx, grid, zout, keys, values, done)
+    else:
+        kf = client.scatter(keys, broadcast=True, hash=False)
+        vf = client.scatter(values, broadcast=True, hash=False)
+        client.gather([client.submit(_map_block, idx, grid, zout, kf, vf, done, pure=False,
+                                     key=f"fastpose-map-{grid.flat(idx)}-{time.time_ns()}") for idx in grid.indices()])
+    zout.attrs["fastpose"] = {"token": token, "complete": True, "objects": n, "compact": True, "stitch": "match"}
     shutil.rmtree(done, ignore_errors=True)
     return zout
 
