@@ -419,3 +419,14 @@ def test_match_stitching_joins_blocks_that_disagree(net, img2d, whole2d, monkeyp
         return float(np.mean(np.array(pieces) == 1))
     print("whole objects: match", whole_fraction(lab), "ownership", whole_fraction(own))
     assert whole_fraction(lab) > 0.95 and whole_fraction(lab) > whole_fraction(own)
+
+
+def test_labels_open_in_napari_ome_zarr_where_installed(net, img2d, tmp_path):
+    napari_ome_zarr = pytest.importorskip("napari_ome_zarr")
+    from fastpose.distributed import segment_zarr
+
+    p = _ome_image(tmp_path / "n.zarr", img2d, "yx", (64, 64))
+    segment_zarr(p, net, block=64, halo=48, **KW)
+    reader = napari_ome_zarr.napari_get_reader(p)
+    layers = reader(p)
+    assert any(kind == "labels" for _, _, kind in layers)
