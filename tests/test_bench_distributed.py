@@ -26,8 +26,10 @@ def test_mosaic_and_bench_on_tiny_data(tmp_path):
 
     torch.manual_seed(0)
     save_model(tmp_path / "tiny.pth", UNet([1, 8, 16, 32], diam_mean=16.0))   # a small network: the test is fast
-    res = bench_distributed(tmp_path, sizes=[320], model=str(tmp_path / "tiny.pth"), block=128, workers=1)
-    r = res["rows"][0]
+    res = bench_distributed(tmp_path, sizes=[320], model=str(tmp_path / "tiny.pth"), block=128, workers=1,
+                            volume=(6, 28, 30), block3d=16)
+    r, v = res["rows"]
+    assert v["size"] == "6x28x30" and v["equal_to_anchored_in_memory"] is True
     assert r["equal_to_anchored_in_memory"] is True
     assert 0.0 <= r["ap50"] <= 1.0 and len(r["worker_peak_mb"]) == 1 and r["blocks_seconds"] > 0
     assert res["machine"]["cpu_cores"] >= 1

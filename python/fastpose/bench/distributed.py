@@ -89,8 +89,11 @@ def _worker_peak() -> int:
 
 def bench_distributed(data: Any, sizes: Sequence[int] = (4096, 8192), model: str = "nuclei", block: int = 1024,
                       workers: int = 2, threads: int = 1, in_memory: bool = True,
-                      workdir: Optional[str] = None) -> Dict[str, Any]:
-    """Run the module docstring's comparison for each size; plain JSON types."""
+                      workdir: Optional[str] = None, volume: Optional[Sequence[int]] = None,
+                      block3d: int = 128) -> Dict[str, Any]:
+    """Run the module docstring's comparison for each size (and, with ``volume`` (Z, Y, X), for a 3D volume of
+    synthetic nuclei, :func:`fastpose.distributed.oracle.blob_image` at the model's diameter, in blocks of
+    ``block3d``, against ``do_3D`` in memory); plain JSON types."""
     import zarr
 
     from ..distributed import make_client, segment_blocks
@@ -147,6 +150,8 @@ def bench_distributed(data: Any, sizes: Sequence[int] = (4096, 8192), model: str
                 log.info("%d px: in memory %.1f s (peak +%d MB); AP@0.5 %.4f, AP@0.9 %.4f", size,
                          row["memory_seconds"], row["memory_peak_growth_mb"], row["ap50"], row["ap90"])
             rows.append(row)
+        if volume is not None:
+            rows.append(_volume_row(client, tuple(int(v) for v in volume), model, block3d, in_memory, tmp.name))
     finally:
         cluster = getattr(client, "cluster", None)
         client.close()
@@ -158,6 +163,54 @@ def bench_distributed(data: Any, sizes: Sequence[int] = (4096, 8192), model: str
             "goals": {"ap50": 1.0, "ap90": 0.999, "worker_peak": "set by the block size, not the image size"}}
 
 
+def _volume_row(client: Any, shape: Sequence[int], model: str, block: int, in_memory: bool, tmp: str) -> Dict[str, Any]:
+    import zarr
+
+    from ..distributed import segment_blocks
+    from ..distributed.oracle import blob_image
+    from ..inference import Segmenter
+    from ..metrics import average_precision
+    from .rss import peak_bytes, reset_peak
+
+    seg = Segmenter(model)
+    n = int(np.prod(shape) / (seg.diam_mean ** 3) * 0.25)
+    vol = blob_image(shape, n, diameter=seg.diam_mean, seed=0)
+    src = zarr.create_array(str(Path(tmp) / "vol.zarr"), shape=vol.shape, chunks=(block,) * 3, dtype=vol.dtype)
+    src[...] = vol
+    client.run(_worker_reset)
+    t0 = time.perf_counter()
+    z = segment_blocks(src, model, z_axis=0, block=block, client=client, out=str(Path(tmp) / "vlab.zarr"),
+                       progress=False)
+    t_blocks = time.perf_counter() - t0
+    peaks = client.run(_worker_peak)
+    lab = np.asarray(z[...])
+    row: Dict[str, Any] = {"size": "x".join(map(str, shape)), "pixels": int(vol.size), "block": block,
+                           "blocks_seconds": round(t_blocks, 1), "blocks_mpx_per_s": round(vol.size / t_blocks / 1e6, 3),
+                           "worker_peak_mb": sorted(round(v / 2 ** 20) for v in peaks.values()),
+                           "objects_blocks": int(lab.max())}
+    if in_memory:
+        ok = reset_peak()
+        base = peak_bytes(ok)
+        t0 = time.perf_counter()
+        ref = seg.segment(vol, z_axis=0, do_3D=True, diameter=0).masks
+        row["memory_seconds"] = round(time.perf_counter() - t0, 1)
+        row["memory_peak_growth_mb"] = round((peak_bytes(ok) - base) / 2 ** 20)
+        row["memory_mpx_per_s"] = round(vol.size / row["memory_seconds"] / 1e6, 3)
+        row["objects_memory"] = int(ref.max())
+        ap = average_precision([ref.astype(np.int64)], [lab.astype(np.int64)], [0.5, 0.9])[0]
+        row["ap50"], row["ap90"] = round(float(ap[0, 0]), 5), round(float(ap[0, 1]), 5)
+        row["throughput_ratio"] = round(row["memory_seconds"] / t_blocks, 3)
+        t0 = time.perf_counter()
+        one = segment_blocks(vol, seg, z_axis=0, block=vol.shape, halo=0, progress=False)
+        row["anchored_seconds"] = round(time.perf_counter() - t0, 1)
+        row["anchored_peak_growth_mb"] = None
+        row["equal_to_anchored_in_memory"] = bool(same_partition(one, lab))
+        ap1 = average_precision([one.astype(np.int64)], [lab.astype(np.int64)], [0.5, 0.9])[0]
+        row["anchored_ap50"], row["anchored_ap90"] = round(float(ap1[0, 0]), 5), round(float(ap1[0, 1]), 5)
+    log.info("volume %s: blocks %.1f s, %s", row["size"], t_blocks, row)
+    return row
+
+
 def print_distributed_table(res: Dict[str, Any]) -> None:
     m = res["machine"]
     print("# " + ", ".join(f"{k}={v}" for k, v in m.items()))
@@ -166,7 +219,7 @@ def print_distributed_table(res: Dict[str, Any]) -> None:
     print(f"{'size':>7} {'blocks s':>9} {'Mpx/s':>7} {'worker peak MB':>16} {'memory s':>9} {'Mpx/s':>7} "
           f"{'mem peak +MB':>13} {'AP@0.5':>7} {'AP@0.9':>7} {'objects':>9}")
     for r in res["rows"]:
-        print(f"{r['size']:>7} {r['blocks_seconds']:>9.1f} {r['blocks_mpx_per_s']:>7.3f} "
+        print(f"{str(r['size']):>7} {r['blocks_seconds']:>9.1f} {r['blocks_mpx_per_s']:>7.3f} "
               f"{'/'.join(map(str, r['worker_peak_mb'])):>16} {r.get('memory_seconds', float('nan')):>9.1f} "
               f"{r.get('memory_mpx_per_s', float('nan')):>7.3f} {r.get('memory_peak_growth_mb', '-'):>13} "
               f"{r.get('ap50', float('nan')):>7.4f} {r.get('ap90', float('nan')):>7.4f} {r['objects_blocks']:>9}")
@@ -176,4 +229,4 @@ def print_distributed_table(res: Dict[str, Any]) -> None:
         if "equal_to_anchored_in_memory" in r:
             print(f"#   {r['size']} px: equal up to renumbering: {r['equal_to_anchored_in_memory']} (AP@0.5 "
                   f"{r['anchored_ap50']:.4f}, AP@0.9 {r['anchored_ap90']:.4f}; {r['anchored_seconds']:.1f} s, "
-                  f"peak +{r['anchored_peak_growth_mb']} MB)")
+                  f"peak +{r['anchored_peak_growth_mb'] if r['anchored_peak_growth_mb'] is not None else '-'} MB)")
