@@ -622,6 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_restore(sub)
     from .scellseg.cli import add_parser as _add_finetune
     _add_finetune(sub)
+    from .cellpose_cli import add_parser as _add_cellpose
+    _add_cellpose(sub)
     s = sub.add_parser("export", help="export a model to ONNX and/or a TensorRT engine",
                        description="Export MODEL (bundled name or model file) to ONNX with a fixed tile and a "
                                    "dynamic batch axis (outputs flows_cellprob [B,3,T,T] and style), optionally "

@@ -236,13 +236,17 @@ def write_csv(path: Path, masks: np.ndarray, image: Optional[np.ndarray] = None,
 
 def write_seg_npy(path: Path, image_path: str, masks: np.ndarray, flows: Optional[np.ndarray] = None,
                   cellprob: Optional[np.ndarray] = None, diameter: Optional[float] = None,
-                  classes: Optional[np.ndarray] = None, class_names: Optional[Sequence[str]] = None) -> Path:
+                  classes: Optional[np.ndarray] = None, class_names: Optional[Sequence[str]] = None,
+                  cellpose_flows: Optional[List[Any]] = None) -> Path:
     """Cellpose GUI ``_seg.npy``: a pickled dict with masks, outlines, flows, filename, diameter; panoptic
-    models add ``classes`` (class id per mask id, index 0 unused) and ``class_names`` (background first)."""
+    models add ``classes`` (class id per mask id, index 0 unused) and ``class_names`` (background first).
+    ``cellpose_flows``: stored as ``flows`` instead of ``[flows, cellprob]`` (Cellpose 4's own layout, from
+    :func:`fastpose.cellpose_cli.cellpose_flows`, as ``fastpose cellpose`` writes it)."""
     outl = outline_mask(masks) * masks if masks.ndim == 2 else np.stack([outline_mask(p) * p for p in masks])
     d = {"masks": masks, "outlines": outl.astype(masks.dtype), "filename": str(image_path),
          "ismanual": np.zeros(int(masks.max()), bool), "chan_choose": [0, 0],
-         "flows": [flows, cellprob] if flows is not None else [],
+         "flows": (cellpose_flows if cellpose_flows is not None else [flows, cellprob] if flows is not None
+                   else []),
          "diameter": float(diameter) if diameter else 0.0}
     if classes is not None:
         d["classes"] = np.asarray(classes, np.int64)
