@@ -40,6 +40,7 @@ def test_harness_end_to_end_on_tiny_data(tmp_path, capsys):
         assert len(r["shot_ids"]) == r["shots"] and r["n_test"] == 4 - r["shots"]
         for s in ("contrastive", "classic", "base"):
             assert 0.0 <= r[s]["map"] <= 1.0 and 0.0 <= r[s]["aji"] <= 1.0
+            assert 0.0 <= r[s]["ap75"] <= r[s]["ap50"] <= 1.0
     assert set(res["summary"]) == {"contrastive", "classic", "base"}
     assert [r["shot_ids"] for r in res["rows"]] == [[f"t{j}" for j in draw_shots(4, k, 0)] for k in (1, 2)]
     assert draw_shots(50, 4, 1) == draw_shots(50, 4, 1) != draw_shots(50, 4, 2)     # seeded, per draw

@@ -9,7 +9,7 @@ Protocol (the Scellseg paper's; cellimnet/scellseg-publish ``run_net/scellseg_fi
    images not drawn are the query images of the contrastive strategy (their masks unread) and the test images.
 4. Each fine-tuned model segments the test images at the shots' diameter with Scellseg's inference settings
    (cell-probability threshold 0.5, tile overlap 0.5); the base model runs at the same diameter, as level 0.
-5. Scores per test image, averaged: mAP over IoU 0.50:0.05:0.95 (:func:`fastpose.metrics.mean_ap`; the authors'
+5. Scores per test image, averaged: AP at IoU 0.5 and 0.75 (the paper's figures), mAP over IoU 0.50:0.05:0.95 (:func:`fastpose.metrics.mean_ap`; the authors'
    script also counts IoU 1.0) and AJI (:func:`fastpose.metrics.aggregated_jaccard_index`).  Per strategy the
    hyperbola ``Bmax X / (Kd + X)`` is fitted to the mean mAP against the shot count (SciPy's ``curve_fit``).
 
@@ -61,10 +61,13 @@ def draw_shots(n_images: int, k: int, draw: int, seed: int = 0) -> List[int]:
 
 
 def _scores(truth: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> Dict[str, float]:
-    from ..metrics import aggregated_jaccard_index, mean_ap
+    from ..metrics import aggregated_jaccard_index, average_precision, mean_ap
 
+    ap = average_precision([np.asarray(t).astype(np.int64) for t in truth],
+                           [np.asarray(p).astype(np.int64) for p in preds], [0.5, 0.75])[0]
     return {"map": float(np.mean(mean_ap(list(truth), list(preds)))),
-            "aji": float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(truth, preds)]))}
+            "aji": float(np.mean([aggregated_jaccard_index(t, p) for t, p in zip(truth, preds)])),
+            "ap50": float(np.mean(ap[:, 0])), "ap75": float(np.mean(ap[:, 1]))}
 
 
 def bench_fewshot(data: Any, model: Any = "nuclei", *, test: Any = None, shots: Sequence[int] = (1, 2, 4, 8),
@@ -155,9 +158,10 @@ def bench_fewshot(data: Any, model: Any = "nuclei", *, test: Any = None, shots: 
     summary: Dict[str, Any] = {}
     for strat in list(strategies) + ["base"]:
         per = {k: [r[strat]["map"] for r in rows if r["shots"] == k] for k in shots}
-        summary[strat] = {"map": {str(k): float(np.mean(v)) for k, v in per.items()},
-                          "aji": {str(k): float(np.mean([r[strat]["aji"] for r in rows if r["shots"] == k]))
-                                  for k in shots}}
+        summary[strat] = {"map": {str(k): float(np.mean(v)) for k, v in per.items()}}
+        for key in ("aji", "ap50", "ap75"):
+            summary[strat][key] = {str(k): float(np.mean([r[strat][key] for r in rows if r["shots"] == k]))
+                                   for k in shots}
         if strat != "base":
             xs = [k for k in shots for _ in per[k]]
             ys = [v for k in shots for v in per[k]]
