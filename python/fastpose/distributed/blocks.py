@@ -603,9 +603,10 @@ def segment_blocks(image: Any, model: Any = "nuclei", *, block: Union[int, Seque
     image : NumPy, dask or zarr array, or the path of a zarr array
         Spatial axes Y, X (2D) or, with ``z_axis``, Z, Y, X (3D, Cellpose's ``do_3D`` from 2D slices); an
         optional ``channel_axis``.
-    model : str, path or torch.nn.Module
+    model : str, path, torch.nn.Module or Segmenter
         A bundled name, model file or network (with its spec); any family that runs through the generic tiles
-        (Cellpose, panoptic; not Cellulus).  The image is taken at the network's scale (no diameter): resize
+        (Cellpose, panoptic; not Cellulus).  A Segmenter only without a client (workers load the model
+        themselves, once each).  The image is taken at the network's scale (no diameter): resize
         it first (or pick an OME-Zarr level) so cells are about the model's ``diam_mean``.
     block : int or per-axis ints
         Core size per axis (default 1024 in 2D, 256 in 3D): each block writes exactly its core.
@@ -677,6 +678,9 @@ def segment_blocks(image: Any, model: Any = "nuclei", *, block: Union[int, Seque
         raise ValueError(f"image of shape {tuple(arr.shape)}: expected Y, X (2D) or Z, Y, X (with z_axis) spatial "
                          f"axes plus an optional channel_axis")
 
+    if client is not None and isinstance(model, Segmenter):
+        raise ValueError("with a client, pass the model as a bundled name, a file or a network (each worker loads "
+                         "it once), not a Segmenter")
     seg = model if isinstance(model, Segmenter) else cached_segmenter(model, device, backend, batch_size)
     if seg.family.run_net is not None:
         raise ValueError(f"a {seg.family.name} model runs its network itself, not through the generic tiles: "

@@ -34,7 +34,7 @@ import torch
 
 from ..models.spec import ModelSpec
 from .tiled import network_forward
-from .volume import VIEWS
+from .volume import VIEWS, add_view, combined_views
 
 __all__ = ["stride_of", "flip_of", "tiles_covering", "region_maps", "Box"]
 
@@ -194,18 +194,11 @@ def region_maps(runners: Sequence[Any], spec: ModelSpec, read: Callable[[Box], n
     if len(shape) == 2:
         return _plane_maps(forward, read, shape, box, (0, 1), spec, bs, augment, stride)
     nflow = len(spec.flow_channels)
-    nother = spec.n_outputs - nflow
     sizes = [b - a for a, b in box]
-    flows = torch.zeros((3 if nflow else 0, *sizes))
-    others = torch.zeros((nother, *sizes))
+    acc = torch.zeros((3 * (nflow > 0) + spec.n_outputs - nflow, *sizes))
     for view in ("xy", "zy", "zx"):
         axes = VIEWS[view][1]
         plane_shape = (shape[axes[0]], shape[axes[1]])
         y = torch.from_numpy(_plane_maps(forward, read, plane_shape, box, axes, spec, bs, augment, stride))
-        if nflow:
-            flows[axes[0]] += y[0]
-            flows[axes[1]] += y[1]
-        for k in range(nother):
-            others[k] += y[nflow + k]
-    maps = torch.cat([flows / 2, others / 3]) if nflow else others / 3
-    return maps.numpy()
+        add_view(acc, y, view, nflow)
+    return combined_views(acc, nflow).numpy()

@@ -17,7 +17,7 @@ from ..labels import iou_pairs, labels_dtype
 from ..models.spec import ModelSpec
 from ..transforms import resize, scaled_size
 
-__all__ = ["volume_maps", "stitch3D", "VIEWS"]
+__all__ = ["volume_maps", "stitch3D", "VIEWS", "add_view", "combined_views"]
 
 #: view name -> (permutation of a [C, Z, Y, X] volume into a stack of 2D images [n, C, a, b],
 #:               the volume axes (0 = Z, 1 = Y, 2 = X) of the image axes (a, b),
@@ -50,7 +50,6 @@ def volume_maps(run: Callable[[torch.Tensor], Tuple[torch.Tensor, Optional[torch
     nflow = len(spec.flow_channels)
     nother = spec.n_outputs - nflow
     acc = torch.zeros((3 * (nflow > 0) + nother, Z, Y, X), device=core_device)
-    flows, others = acc[:3 * (nflow > 0)], acc[3 * (nflow > 0):]
     styles: List[torch.Tensor] = []
     for view in ("xy", "zy", "zx"):
         to_stack, axes, back = VIEWS[view]
@@ -61,17 +60,32 @@ def volume_maps(run: Callable[[torch.Tensor], Tuple[torch.Tensor, Optional[torch
             outs.append(y)
             if st is not None:
                 styles.append(st)
-        y = torch.cat(outs).permute(*back)               # [n_outputs, Z, Y, X]
-        if nflow:
-            flows[axes[0]] += y[0]
-            flows[axes[1]] += y[1]
-        for k in range(nother):
-            others[k] += y[nflow + k]
-    maps = torch.cat([flows / 2, others / 3]) if nflow else others / 3
+        add_view(acc, torch.cat(outs).permute(*back), view, nflow)   # [n_outputs, Z, Y, X]
+    maps = combined_views(acc, nflow)
     if (Z, Y, X) != (Lz, Ly, Lx):
         maps = resize(maps[None], (Lz, Ly, Lx))[0]
     style = torch.cat(styles).mean(0) if styles else None
     return maps, style
+
+
+def add_view(acc: torch.Tensor, y: torch.Tensor, view: str, nflow: int) -> None:
+    """Add one view's maps ``y`` [n_outputs, Z, Y, X] to the accumulator ``acc`` [3 (flows, when the spec has
+    them) + others, Z, Y, X]: its two flow components to the volume axes of its plane, the rest as they are."""
+    axes = VIEWS[view][1]
+    k0 = 3 if nflow else 0
+    if nflow:
+        acc[axes[0]] += y[0]
+        acc[axes[1]] += y[1]
+    for k in range(acc.shape[0] - k0):
+        acc[k0 + k] += y[nflow + k]
+
+
+def combined_views(acc: torch.Tensor, nflow: int) -> torch.Tensor:
+    """The volume's maps from the accumulated three views: flows averaged over the two views that see each axis,
+    other maps over all three."""
+    if not nflow:
+        return acc / 3
+    return torch.cat([acc[:3] / 2, acc[3:] / 3])
 
 
 def stitch3D(masks: np.ndarray, stitch_threshold: float = 0.25) -> np.ndarray:
