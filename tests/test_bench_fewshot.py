@@ -48,7 +48,8 @@ def test_harness_end_to_end_on_tiny_data(tmp_path, capsys):
     assert bench_main(["fewshot", "--data", str(data), "--model", str(tmp_path / "base.pth"), "--shots", "1",
                        "--draws", "1", "--steps", "1", "--batch-size", "2", "--tile", "32", "--device", "cpu",
                        "--strategies", "classic", "--json", str(out), "--png", str(png)]) == 0
-    assert "classic" in capsys.readouterr().out and json.loads(out.read_text())["benchmark"] == "fewshot"
+    printed = capsys.readouterr().out
+    assert "classic" in printed and "AP@0.5" in printed and json.loads(out.read_text())["benchmark"] == "fewshot"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="too few"):
         bench_fewshot(data, str(tmp_path / "base.pth"), shots=[4], draws=1, steps=1, device="cpu")

@@ -192,6 +192,10 @@ def print_fewshot_table(res: Mapping[str, Any]) -> None:
         cells = "".join(f"{s['map'][k]:>9.3f}/{s['aji'][k]:<8.3f}" for k in levels)
         ft = f"{fit['bmax']:.3f} / {fit['kd']:.2f}" if fit else "-"
         print(f"{strat:<13}{cells}   {ft}")
+    if all("ap50" in s for s in res["summary"].values()):
+        print("AP@0.5 / AP@0.75 (the paper's figures):")
+        for strat, s in res["summary"].items():
+            print(f"{strat:<13}" + "".join(f"{s['ap50'][k]:>9.3f}/{s['ap75'][k]:<8.3f}" for k in levels))
     where = f"on {res['test']}" if res.get("test") else "on the images not drawn"
     print(f"# cells: mAP (IoU 0.50:0.05:0.95) / AJI, mean over draws, {where}; base: no fine-tuning")
     print(f"# {res['seconds']:.0f} s in all")
