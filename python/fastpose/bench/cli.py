@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--volume", type=_int(16, 1 << 16), nargs=3, default=None, metavar=("Z", "Y", "X"),
                     help="also a 3D volume of synthetic nuclei of this shape (blocks of --block3d)")
     ds.add_argument("--block3d", type=_int(16, 4096), default=128, help="block side in 3D (default 128)")
+    ds.add_argument("--halo", type=_int(0, 4096), default=None,
+                    help="halo of the 2D blocks, pixels (default: 4 x the model's diameter)")
     ds.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     cl = sub.add_parser("cellulus", help="F1@0.5 and SEG (Cellulus' metrics, pooled) of Cellulus and Cellpose models "
                                          "on the nuclei recipe's held-out DSB images, fluorescence and all")
@@ -293,7 +295,7 @@ def _run(args: argparse.Namespace) -> int:
         from .distributed import bench_distributed, print_distributed_table
 
         res = bench_distributed(args.data, args.sizes, args.model, args.block, args.workers, args.threads,
-                                not args.no_memory, volume=args.volume, block3d=args.block3d)
+                                not args.no_memory, volume=args.volume, block3d=args.block3d, halo=args.halo)
         print_distributed_table(res)
         if args.json:
             atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)

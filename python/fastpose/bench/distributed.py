@@ -90,7 +90,7 @@ def _worker_peak() -> int:
 def bench_distributed(data: Any, sizes: Sequence[int] = (4096, 8192), model: str = "nuclei", block: int = 1024,
                       workers: int = 2, threads: int = 1, in_memory: bool = True,
                       workdir: Optional[str] = None, volume: Optional[Sequence[int]] = None,
-                      block3d: int = 128) -> Dict[str, Any]:
+                      block3d: int = 128, halo: Optional[int] = None) -> Dict[str, Any]:
     """Run the module docstring's comparison for each size (and, with ``volume`` (Z, Y, X), for a 3D volume of
     synthetic nuclei, :func:`fastpose.distributed.oracle.blob_image` at the model's diameter, in blocks of
     ``block3d``, against ``do_3D`` in memory); plain JSON types."""
@@ -112,8 +112,8 @@ def bench_distributed(data: Any, sizes: Sequence[int] = (4096, 8192), model: str
             src[...] = img
             client.run(_worker_reset)
             t0 = time.perf_counter()
-            z = segment_blocks(src, model, block=block, client=client, out=str(Path(tmp.name) / f"lab{size}.zarr"),
-                               progress=False)
+            z = segment_blocks(src, model, block=block, halo=halo, client=client,
+                               out=str(Path(tmp.name) / f"lab{size}.zarr"), progress=False)
             t_blocks = time.perf_counter() - t0
             peaks = client.run(_worker_peak)
             lab = np.asarray(z[...])
@@ -158,7 +158,7 @@ def bench_distributed(data: Any, sizes: Sequence[int] = (4096, 8192), model: str
         if cluster is not None:
             cluster.close()
         tmp.cleanup()
-    return {"benchmark": "distributed", "machine": machine_header(), "model": model, "block": block,
+    return {"benchmark": "distributed", "machine": machine_header(), "model": model, "block": block, "halo": halo,
             "workers": workers, "threads_per_worker": threads, "rows": rows,
             "goals": {"ap50": 1.0, "ap90": 0.999, "worker_peak": "set by the block size, not the image size"}}
 
