@@ -10,7 +10,12 @@ How a block agrees with the whole image, with no communication between blocks:
 2. **The same objects.** Each block recovers masks on its core plus a halo (``halo`` pixels on every side, the
    image's edges excepted) with the family's post-processing; rules that depend on the image size (the largest
    mask fraction) use the whole image's size.  An object that touches the core and is no larger than the halo
-   lies whole inside the block, and every block that sees it computes the same pixels.
+   lies whole inside the block, and every block that sees it computes the same pixels, provided what the
+   block cannot see does not reach it: a neighbouring object cut by the halo's outer edge has fewer tracked
+   pixels in its histogram peak, which can change which seed claims a contested pixel within a few pixels of
+   it.  A halo of twice the largest object keeps cut neighbours out of reach; with less, rare pixels can differ
+   (``bench/RESULTS.md`` has a 4096 px mosaic at halo 128 whose labels agree at AP@0.9 = 1.0000 but are not
+   pixel-identical).
 3. **The same ids, by ownership.** Each object's id is ``1 +`` the global linear index (C order) of its first
    pixel (its *anchor*), uint64; a block writes only its core, so blocks never write the same pixel.  An object
    that touches the core and reaches the outer edge of the halo may be cut: :class:`HaloError` (``on_edge=
