@@ -5,7 +5,7 @@ dask-image, zarr 2 and dask-jobqueue added), never in fastpose's:
     build-cp3/bin/python bench/cellpose_distributed.py MOSAIC.npy MODEL.pth OUT.npy BLOCK WORKERS
 
 ``MODEL.pth``: the bundled nuclei U-Net as a bare state dict (Cellpose's file format); evaluated at its own
-scale (``diameter`` = its diam_mean, so no resizing, as fastpose's blocks run).  Writes the labels to ``OUT.npy``
+scale (``diameter`` = its diam_mean, 17, so no resizing, as fastpose's blocks run; an int: Cellpose 3.1.1.3 uses 2 x diameter as a slice bound, and a float diameter crashes every block with "slice indices must be integers").  Writes the labels to ``OUT.npy``
 and prints one JSON line: wall time, objects, Cellpose's version.
 """
 
@@ -31,7 +31,7 @@ def main() -> None:
         labels, boxes = distributed_eval(
             input_zarr=z, blocksize=(block, block), write_path=f"{tmp}/out.zarr",
             model_kwargs={"gpu": False, "pretrained_model": model},
-            eval_kwargs={"diameter": 17.0, "channels": [0, 0], "z_axis": None, "do_3D": False},
+            eval_kwargs={"diameter": 17, "channels": [0, 0], "z_axis": None, "do_3D": False},
             cluster_kwargs={"n_workers": workers, "ncpus": 1, "memory_limit": "8GB", "threads_per_worker": 1},
             temporary_directory=tmp)
         seconds = time.perf_counter() - t0
