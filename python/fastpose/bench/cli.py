@@ -38,6 +38,12 @@ def _int(lo: int, hi: int) -> Any:
     return checks.arg(checks.integer, lo=lo, hi=hi)
 
 
+def _write_json(path: Optional[str], res: Dict[str, Any]) -> None:
+    """``--json PATH``: the results, atomically (nothing when no path was given)."""
+    if path:
+        atomic_write(path, lambda f: json.dump(res, f, indent=1), text=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fastpose-bench`` argument parser: one subcommand per benchmark."""
     p = argparse.ArgumentParser(prog="fastpose-bench", description=__doc__,
@@ -274,8 +280,7 @@ def _run(args: argparse.Namespace) -> int:
         from .memory import bench_memory, print_memory_table
         res = bench_memory(args.sizes, args.model, args.max_memory, args.phases)
         print_memory_table(res)
-        if args.json:
-            atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+        _write_json(args.json, res)
         return 0
     if args.cmd == "restore":
         from ..train.card import check_card
@@ -286,8 +291,7 @@ def _run(args: argparse.Namespace) -> int:
                             conditions=args.conditions, seed=args.seed, device=args.device, backend=args.backend,
                             repeats=args.repeats, throughput_size=args.size, batch_size=args.batch_size)
         print_restore_table(res)
-        if args.json:
-            atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+        _write_json(args.json, res)
         if args.card:
             merge_into_card(args.card, res)
         return 0
@@ -297,8 +301,7 @@ def _run(args: argparse.Namespace) -> int:
         res = bench_distributed(args.data, args.sizes, args.model, args.block, args.workers, args.threads,
                                 not args.no_memory, volume=args.volume, block3d=args.block3d, halo=args.halo)
         print_distributed_table(res)
-        if args.json:
-            atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+        _write_json(args.json, res)
         return 0
     if args.cmd == "fewshot":
         from .fewshot import bench_fewshot, plot_fewshot, print_fewshot_table
@@ -308,8 +311,7 @@ def _run(args: argparse.Namespace) -> int:
                             max_test=args.max_test, contrast=args.contrast, contrast_styles=args.contrast_styles,
                             seed=args.seed, device=args.device)
         print_fewshot_table(res)
-        if args.json:
-            atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+        _write_json(args.json, res)
         if args.png:
             plot_fewshot(res, args.png)
         return 0
@@ -324,8 +326,7 @@ def _run(args: argparse.Namespace) -> int:
                              label_diameter=args.label_diameter, object_size=args.object_size, device=args.device,
                              backend=args.backend, batch_size=args.batch_size)
         print_cellulus_table(res)
-        if args.json:
-            atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+        _write_json(args.json, res)
         if args.card:
             merge_into_card(args.card, res)
         return 0
@@ -352,6 +353,5 @@ def _run(args: argparse.Namespace) -> int:
         res = bench_core(args.size, args.cells, args.diameter, args.repeats, devices, not args.no_cellpose,
                          args.do3d)
     print_table(res)
-    if args.json:
-        atomic_write(args.json, lambda f: json.dump(res, f, indent=1), text=True)
+    _write_json(args.json, res)
     return 0
